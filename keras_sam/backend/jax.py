@@ -1,0 +1,47 @@
+"""JAX: `jax.value_and_grad`, and a stateless wrapper around the step."""
+
+import jax
+from keras import ops
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+
+def value_and_grad(fn):
+    return jax.value_and_grad(fn, has_aux=True)
+
+
+def run_train_step(model, step_fn, args):
+    """Runs the stateful `step_fn(data)` as the JAX trainer's pure step.
+
+    The JAX trainer calls `train_step(state, data)` and expects
+    `(logs, new_state)`. Inside a `StatelessScope` that maps every variable to
+    its value in `state`, `step_fn` reads and assigns variables as on the other
+    backends; the assigned values are gathered back into the new state.
+    """
+    state, data = args
+    groups = (
+        model.trainable_variables,
+        model.non_trainable_variables,
+        model.optimizer.variables,
+        model.metrics_variables,
+    )
+    mapping = [
+        (variable, value)
+        for variables, values in zip(groups, state)
+        for variable, value in zip(variables, values)
+    ]
+    with StatelessScope(state_mapping=mapping) as scope:
+        logs = step_fn(data)
+    new_state = tuple(
+        [scope.get_current_value(v) for v in variables] for variables in groups
+    )
+    return logs, new_state
+
+
+def apply_if(pred, update_fn, variables):
+    # Assignments inside a `lax.cond` branch would leak tracers out of the
+    # stateless scope, so run the update and select old or new values after
+    # (XLA turns this into an elementwise select on buffers it holds anyway).
+    old = [v.value for v in variables]
+    update_fn()
+    for variable, old_value in zip(variables, old):
+        variable.assign(ops.where(pred, variable.value, old_value))

@@ -1,0 +1,88 @@
+"""PyTorch: `torch.autograd.grad` on detached leaf copies of the values."""
+
+import torch
+from keras import tree
+
+
+class _StepRandomness:
+    """Replays the global RNG so that every pass of a step draws the same numbers.
+
+    Keras' torch dropout with an unseeded `SeedGenerator` draws from torch's
+    global generator instead of the generator state variable, so feeding the
+    same non-trainable values to every pass (as on TensorFlow and JAX) does not
+    give the same mask. Each pass starts from the RNG state at the start of the
+    step; after the step the RNG is left where one pass leaves it.
+    """
+
+    start = None
+    after_first_pass = None
+
+    @staticmethod
+    def _get():
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return torch.get_rng_state(), cuda
+
+    @staticmethod
+    def _set(state):
+        cpu, cuda = state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+    def begin(self):
+        self.start, self.after_first_pass = self._get(), None
+
+    def before_pass(self):
+        if self.start is not None:
+            self._set(self.start)
+
+    def after_pass(self):
+        if self.start is not None and self.after_first_pass is None:
+            self.after_first_pass = self._get()
+
+    def end(self):
+        if self.after_first_pass is not None:
+            self._set(self.after_first_pass)
+        self.start = self.after_first_pass = None
+
+
+_randomness = _StepRandomness()
+
+
+def _detach(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+def value_and_grad(fn):
+    def wrapped(params):
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        _randomness.before_pass()
+        with torch.enable_grad():
+            loss, aux = fn(leaves)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        _randomness.after_pass()
+        grads = [
+            torch.zeros_like(p) if g is None else g
+            for g, p in zip(grads, leaves)
+        ]
+        return (loss.detach(), tree.map_structure(_detach, aux)), grads
+
+    return wrapped
+
+
+def run_train_step(model, step_fn, args):
+    (data,) = args
+    # The update math runs outside autograd; `value_and_grad` re-enables it
+    # for the passes that need it.
+    _randomness.begin()
+    try:
+        with torch.no_grad():
+            return step_fn(data)
+    finally:
+        _randomness.end()
+
+
+def apply_if(pred, update_fn, variables):
+    del variables
+    if bool(pred):
+        update_fn()

@@ -1,0 +1,363 @@
+"""The optimizer wrapper that every sharpness-aware method builds on.
+
+Keras 3 hands an optimizer gradients only, so the two (or more) passes of a
+sharpness-aware step are driven by the model's `train_step`
+(`keras_sam.SAMModel`), which calls `compute_update` with a function giving
+the loss and gradient at any point. The wrapper holds the method, its
+hyperparameters and its state; the inner optimizer (SGD, Adam, AdamW, ...)
+receives the final direction `d` at the clean weights, exactly as it would
+receive a gradient — its weight decay, clipping, EMA and learning-rate schedule
+apply to that step only.
+
+Like `keras.optimizers.LossScaleOptimizer`, the wrapper nests the inner
+optimizer's config, delegates `learning_rate` and `iterations` to it, and keeps
+its own state in Keras variables (so it works inside JAX's stateless step and
+survives `model.save`).
+"""
+
+import dataclasses
+import math
+import numbers
+
+import keras
+from keras import ops
+from keras.src.utils import tracking
+
+from keras_sam import backend
+from keras_sam import vectors
+from keras_sam.vectors import EPS
+
+_BASE_OPTIMIZER_ARGS = (
+    "learning_rate",
+    "weight_decay",
+    "clipnorm",
+    "global_clipnorm",
+    "clipvalue",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
+
+NEEDS_SAM_MODEL = (
+    "{name} is a sharpness-aware optimizer: it needs the loss at perturbed "
+    "weights, which Keras' default `train_step` does not provide. Wrap the "
+    "model, `model = keras_sam.SAMModel(model)`, or put "
+    "`keras_sam.SharpnessAwareMixin` first among the bases of your "
+    "`keras.Model` subclass, then compile and fit as usual."
+)
+
+
+@dataclasses.dataclass
+class Ascent:
+    """The result of the ascent phase of one step (ALGORITHMS.md §1).
+
+    `clean_*` are at θ, the rest at the last ascent point θ_k = θ + Σ e_i.
+    """
+
+    clean_loss: object
+    clean_aux: object
+    clean_grads: list
+    displacement: list  # θ_k − θ, accumulated from the perturbations.
+    loss: object  # L_B(θ_k)
+    grads: list  # g_k = ∇L_B(θ_k)
+    grads_norm: object  # ‖g_k‖
+    check_scalars: list  # Every loss and norm of the step: all finite or skip.
+
+
+@dataclasses.dataclass
+class Update:
+    """What the training step needs to commit one sharpness-aware step."""
+
+    direction: list
+    loss: object
+    aux: object
+    finite: object
+    diagnostics: dict
+
+
+def _check_positive_number(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number, received {value!r}.")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be finite and {bound}, received {value!r}.")
+
+
+def _is_bias(variable):
+    """Biases and normalization shifts (`bias`, `beta`): ASAM's T = 1 group."""
+    name = variable.name.split("/")[-1]
+    return name.endswith("bias") or name.endswith("beta")
+
+
+class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
+    """Base class: wraps an inner optimizer and owns the ascent.
+
+    Subclasses implement `direction(ascent, params)` — the vector handed to
+    the inner optimizer — and may add state in `build_state`.
+
+    Args:
+        optimizer: the inner `keras.optimizers.Optimizer` instance.
+        rho: the perturbation radius ρ (total path length when `steps > 1`).
+        steps: number of ascent steps k; each has length ρ/k (the XSAM
+            repository's convention, no projection back onto the ρ-ball).
+        adaptive: ASAM's element-wise perturbation
+            `e = ρ T² ⊙ g / ‖T ⊙ g‖`, `T = |θ| + η`.
+        eta: ASAM's η.
+        adaptive_variables: which variables get `T = |θ| + η` under
+            `adaptive=True`. `"weights"` (SamsungLabs' official ASAM): all
+            but biases and normalization shifts (`bias`, `beta`), which get
+            `T = 1`. `"all"` (davda54/sam, pytorch-optimizer; use it with
+            `eta=0.0` to reproduce them): every variable.
+        diagnostics: log the cheap per-step diagnostics (sharpness
+            `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones).
+        name: the optimizer's name.
+    """
+
+    #: Names of the per-step diagnostics `compute_update` returns.
+    diagnostic_names = ("sharpness", "grad_cosine")
+
+    def __init__(
+        self,
+        optimizer,
+        rho=0.05,
+        steps=1,
+        adaptive=False,
+        eta=0.01,
+        adaptive_variables="weights",
+        diagnostics=True,
+        name=None,
+        **kwargs,
+    ):
+        for arg in _BASE_OPTIMIZER_ARGS:
+            if arg in kwargs:
+                raise ValueError(
+                    f"{type(self).__name__} does not take `{arg}`: set it on "
+                    "the inner optimizer, which makes the update step."
+                )
+        if kwargs:
+            raise ValueError(
+                f"{type(self).__name__} got unexpected arguments: "
+                f"{', '.join(sorted(kwargs))}."
+            )
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise ValueError(
+                "`optimizer` must be a Keras optimizer instance such as "
+                "`keras.optimizers.SGD(0.1, momentum=0.9)`, received "
+                f"{optimizer!r}."
+            )
+        if isinstance(optimizer, SharpnessAwareOptimizer):
+            raise ValueError(
+                "`optimizer` is already sharpness-aware; wrap a plain Keras "
+                "optimizer instead."
+            )
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "`optimizer` is a LossScaleOptimizer; wrap the plain "
+                "optimizer instead (loss scaling is not supported yet)."
+            )
+        _check_positive_number("rho", rho)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+            raise ValueError(f"`steps` must be an integer, received {steps!r}.")
+        if steps < 1:
+            raise ValueError(f"`steps` must be >= 1, received {steps!r}.")
+        _check_positive_number("eta", eta, allow_zero=True)
+        if adaptive_variables not in ("weights", "all"):
+            raise ValueError(
+                "`adaptive_variables` must be 'weights' (SamsungLabs ASAM) or "
+                f"'all' (davda54/sam), received {adaptive_variables!r}."
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = optimizer
+        self.rho = float(rho)
+        self.steps = int(steps)
+        self.adaptive = bool(adaptive)
+        self.eta = float(eta)
+        self.adaptive_variables = adaptive_variables
+        self.diagnostics = bool(diagnostics)
+
+    # ------------------------------------------------------------------
+    # State
+    # ------------------------------------------------------------------
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        # Guards against double creation: `build` is reached from `compile`,
+        # loading, and the first step, like any Keras optimizer.
+        if self.built:
+            return
+        self.skipped_steps = self.add_variable(
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            aggregation="none",
+            name="skipped_steps",
+        )
+        self.inner_optimizer.build(var_list)
+        self._scaled_by_weight = [
+            self.adaptive_variables == "all" or not _is_bias(v) for v in var_list
+        ]
+        self.build_state(var_list)
+        super().build(var_list)
+
+    def build_state(self, var_list):
+        """Hook: create the method's own state with `self.add_variable`."""
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # Keras' default train step would apply a plain gradient: refuse clearly.
+    def apply(self, grads, trainable_variables=None):
+        raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
+
+    # ------------------------------------------------------------------
+    # The step
+    # ------------------------------------------------------------------
+    def current_rho(self):
+        """ρ for the current step."""
+        return self.rho
+
+    def perturbation(self, point, grads, radius):
+        """One ascent step of length `radius` from `point` along `grads`.
+
+        SAM: `e = r g / (‖g‖ + eps)`. ASAM: `e = r T² g / (‖T g‖ + eps)`.
+        Returns `e` and the norm it divided by (checked for finiteness).
+        """
+        if not self.adaptive:
+            grads_norm = vectors.norm(grads)
+            return vectors.scale(grads, radius / (grads_norm + EPS)), grads_norm
+        t = [
+            ops.abs(p) + ops.cast(self.eta, p.dtype) if scaled else None
+            for p, scaled in zip(point, self._scaled_by_weight)
+        ]
+        tg = [g if ti is None else ti * g for g, ti in zip(grads, t)]
+        tg_norm = vectors.norm(tg)
+        factor = radius / (tg_norm + EPS)
+        e = [
+            x * ops.cast(factor, x.dtype) if ti is None
+            else ti * x * ops.cast(factor, x.dtype)
+            for x, ti in zip(tg, t)
+        ]
+        return e, tg_norm
+
+    def ascend(self, grad_fn, params):
+        """Clean pass and k ascent steps of length ρ/k (ALGORITHMS.md §1–2)."""
+        (clean_loss, clean_aux), clean_grads = grad_fn(params)
+        radius = self.current_rho() / self.steps
+        checks = [clean_loss]
+        grads, displacement = clean_grads, None
+        for _ in range(self.steps):
+            point = params if displacement is None else vectors.add(params, displacement)
+            e, divisor = self.perturbation(point, grads, radius)
+            checks.append(divisor)
+            displacement = e if displacement is None else vectors.add(displacement, e)
+            (loss, _), grads = grad_fn(vectors.add(params, displacement))
+            checks.append(loss)
+        grads_norm = vectors.norm(grads)
+        checks.append(grads_norm)
+        return Ascent(
+            clean_loss=clean_loss,
+            clean_aux=clean_aux,
+            clean_grads=clean_grads,
+            displacement=displacement,
+            loss=loss,
+            grads=grads,
+            grads_norm=grads_norm,
+            check_scalars=checks,
+        )
+
+    def direction(self, ascent, params):
+        """The vector the inner optimizer receives. Returns `(d, diagnostics)`."""
+        raise NotImplementedError
+
+    def compute_update(self, grad_fn, params):
+        """One sharpness-aware step's math, without touching any variable.
+
+        Args:
+            grad_fn: `grad_fn(values) -> ((loss, aux), grads)` on the current
+                mini-batch, in training mode, with non-trainable updates
+                returned in `aux` rather than applied.
+            params: the current values of the trainable variables.
+        """
+        ascent = self.ascend(grad_fn, params)
+        d, diagnostics = self.direction(ascent, params)
+        if self.diagnostics:
+            diagnostics = {
+                "sharpness": ascent.loss - ascent.clean_loss,
+                "grad_cosine": vectors.cosine(
+                    ascent.clean_grads, ascent.grads, ys_norm=ascent.grads_norm
+                ),
+                **diagnostics,
+            }
+        else:
+            diagnostics = {}
+        return Update(
+            direction=d,
+            loss=ascent.clean_loss,
+            aux=ascent.clean_aux,
+            finite=vectors.all_finite(ascent.check_scalars),
+            diagnostics=diagnostics,
+        )
+
+    def commit_state(self, update):
+        """Hook: assign the method's own state after a finite step."""
+
+    def apply_update(self, update, trainable_variables):
+        """The inner optimizer steps with `d` from θ — only if the step is finite.
+
+        A non-finite loss or gradient in any pass leaves the weights and all
+        optimizer state untouched and increments `skipped_steps`, as
+        `LossScaleOptimizer` skips non-finite steps.
+        """
+        trainable_variables = list(trainable_variables)
+
+        def commit():
+            self.inner_optimizer.apply(update.direction, trainable_variables)
+            self.commit_state(update)
+
+        backend.apply_if(update.finite, commit, trainable_variables + self.variables)
+        self.skipped_steps.assign_add(
+            ops.cast(ops.logical_not(update.finite), "int32")
+        )
+
+    # ------------------------------------------------------------------
+    # Serialization
+    # ------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "rho": self.rho,
+            "steps": self.steps,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "adaptive_variables": self.adaptive_variables,
+            "diagnostics": self.diagnostics,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(
+            config.pop("optimizer"), custom_objects=custom_objects
+        )
+        return cls(optimizer, **config)

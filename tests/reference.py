@@ -1,0 +1,88 @@
+"""Independent NumPy references (float64) for the tests.
+
+Closed-form losses and gradients, the methods written from ALGORITHMS.md,
+and Keras' SGD-with-momentum update rule.
+"""
+
+import numpy as np
+
+EPS = 1e-12
+
+
+# -- problems with closed-form gradients ----------------------------------------
+def softmax_regression(x, labels, num_classes):
+    """Dense(num_classes) + softmax cross-entropy: params [W (d, c), b (c,)]."""
+    y = np.eye(num_classes)[labels]
+
+    def loss_and_grad(params):
+        w, b = params
+        z = x @ w + b
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        loss = -np.mean(np.sum(y * np.log(p), axis=1))
+        r = (p - y) / len(x)
+        return loss, [x.T @ r, r.sum(axis=0)]
+
+    return loss_and_grad
+
+
+def linear_regression(x, targets):
+    """Dense(1) + mean squared error, a quadratic: params [W (d, 1), b (1,)]."""
+
+    def loss_and_grad(params):
+        w, b = params
+        r = x @ w + b - targets
+        return np.mean(r**2), [2 * x.T @ r / len(x), 2 * r.mean(axis=0)]
+
+    return loss_and_grad
+
+
+# -- vectors as lists of arrays --------------------------------------------------
+def norm(xs):
+    return np.sqrt(sum(np.sum(x * x) for x in xs))
+
+
+def dot(xs, ys):
+    return sum(np.sum(x * y) for x, y in zip(xs, ys))
+
+
+# -- methods -----------------------------------------------------------------------
+def sam_direction(loss_and_grad, params, rho, steps=1, adaptive=False, eta=0.01,
+                  scaled=None):
+    """SAM / multi-step SAM / ASAM (ALGORITHMS.md §1–2): returns d = g_k."""
+    scaled = scaled or [True] * len(params)
+    _, g = loss_and_grad(params)
+    displacement = [np.zeros_like(p) for p in params]
+    for _ in range(steps):
+        point = [p + e for p, e in zip(params, displacement)]
+        if adaptive:
+            t = [np.abs(p) + eta if s else np.ones_like(p) for p, s in zip(point, scaled)]
+            tg = [ti * gi for ti, gi in zip(t, g)]
+            f = (rho / steps) / (norm(tg) + EPS)
+            e = [ti * tgi * f for ti, tgi in zip(t, tg)]
+        else:
+            f = (rho / steps) / (norm(g) + EPS)
+            e = [gi * f for gi in g]
+        displacement = [a + b for a, b in zip(displacement, e)]
+        _, g = loss_and_grad([p + e for p, e in zip(params, displacement)])
+    return g
+
+
+class SGDMomentum:
+    """Keras' SGD: m ← μ m − lr g; θ ← θ + m."""
+
+    def __init__(self, learning_rate, momentum):
+        self.learning_rate, self.momentum, self.m = learning_rate, momentum, None
+
+    def step(self, params, grads):
+        if self.m is None:
+            self.m = [np.zeros_like(p) for p in params]
+        self.m = [self.momentum * m - self.learning_rate * g for m, g in zip(self.m, grads)]
+        return [p + m for p, m in zip(params, self.m)]
+
+
+def train(make_problem, params, batches, direction_fn, optimizer):
+    """Runs `direction_fn(loss_and_grad, params)` + optimizer over the batches."""
+    for xb, yb in batches:
+        params = optimizer.step(params, direction_fn(make_problem(xb, yb), params))
+    return params
