@@ -65,34 +65,31 @@ def inner_optimizer():
     return keras.optimizers.SGD(0.05, momentum=0.9)
 
 
-def _sam(**kwargs):
+def _method(class_name, **kwargs):
+    """`keras_sam.<class_name>(inner, **kwargs)`, looked up when the row runs."""
+
     def factory(inner):
         import keras_sam
 
-        return keras_sam.SAM(inner, **kwargs)
-
-    return factory
-
-
-def _asam(**kwargs):
-    def factory(inner):
-        import keras_sam
-
-        return keras_sam.ASAM(inner, **kwargs)
+        return getattr(keras_sam, class_name)(inner, **kwargs)
 
     return factory
 
 
 VARIANTS = {
     BASELINE: lambda inner: inner,
-    "SAM": _sam(rho=0.05),
-    "ASAM": _asam(rho=0.5),
-    "SAM k=2": _sam(rho=0.05, steps=2),
-    # e.g. "XSAM": lambda inner: keras_sam.XSAM(inner, rho=0.05),
+    "SAM": _method("SAM", rho=0.05),
+    "ASAM": _method("ASAM", rho=0.5),
+    "SAM k=2": _method("SAM", rho=0.05, steps=2),
+    # Opt-in (--variants); a variant whose step alternates between compiled
+    # functions (XSAM's α search on the first batch of an epoch) is timed in
+    # its steady state: the timed calls never start an epoch.
+    "XSAM": _method("XSAM"),
+    "XSAM α=1": _method("XSAM", alpha=1.0),
 }
 
 # What runs by default (in this order); --variants selects any subset.
-DEFAULT_VARIANTS = tuple(VARIANTS)
+DEFAULT_VARIANTS = (BASELINE, "SAM", "ASAM", "SAM k=2")
 # --quick: compilation dominates, so only the pair the target is about.
 QUICK_VARIANTS = (BASELINE, "SAM")
 
@@ -261,7 +258,7 @@ def time_row(backend, jit, args, keras, batch, init_weights):
     results = {}
     for name in runners:
         ms = sorted(1000.0 * t for t in times[name])
-        quartiles = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
+        quartiles = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) >= 2 else [ms[0]] * 3
         last = logs.get(name, {})
         results[name] = {
             "median_ms": statistics.median(ms),
@@ -445,8 +442,16 @@ def _ms_cell(stats):
     return f"{stats['median_ms']:.1f}"
 
 
+def _load():
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return "n/a"
+
+
 def parent_main(args):
     start = time.perf_counter()
+    load_before = _load()
     results = []
     for backend in args.backends:
         print(f"[{backend}] running ...", file=sys.stderr, flush=True)
@@ -479,7 +484,8 @@ def parent_main(args):
     print(f"- versions: {versions}")
     print(
         f"- machine: {os.cpu_count()} cores ({_cpu_model()}), {args.threads} thread(s) "
-        "per backend, backends run one after another"
+        "per backend, backends run one after another; load average (1/5/15 min) "
+        f"{load_before} before, {_load()} after"
     )
     print(
         f"- model: CIFAR-style CNN, {params} params, batch {args.batch_size}, "
@@ -527,7 +533,9 @@ def parse_args(argv=None):
     quick = args.quick
     defaults = {
         "steps": 3 if quick else 25,
-        "warmup": 1 if quick else 3,
+        # >= 2: a step alternating between compiled functions (XSAM) compiles
+        # its steady-state function on the second call.
+        "warmup": 2 if quick else 3,
         "batch_size": 32 if quick else 128,
         "threads": 1 if quick else (os.cpu_count() or 1),
         "timeout": 120 if quick else 600,

@@ -24,7 +24,33 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_sam import backend
-from keras_sam.optimizers.base import SharpnessAwareOptimizer
+from keras_sam.optimizers.base import Passes, SharpnessAwareOptimizer
+
+
+class _TrainingClock(keras.callbacks.Callback):
+    """Counts steps on the host, so that periodic work (XSAM's search on the
+    first batch of an epoch, eigenvector refreshes, every-k SAM) is chosen
+    from Python between steps. `fit` adds it; custom loops that call
+    `train_on_batch` just count steps (call `on_epoch_begin` to mark epochs).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+        self.epoch_step = 0
+        self.epoch = 0
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.sharpness_aware_optimizer
+        if optimizer is not None and optimizer.built:
+            self.step = int(ops.convert_to_numpy(optimizer.iterations))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.epoch_step = epoch, 0
+
+    def tick(self):
+        self.step += 1
+        self.epoch_step += 1
 
 
 def _values(variables):
@@ -53,6 +79,75 @@ class SharpnessAwareMixin:
         if self.sharpness_aware_optimizer is None:
             return super().train_step(*args)
         return backend.run_train_step(self, self._sharpness_aware_step, args)
+
+    # -- host-side choice between compiled step variants -----------------------
+    @property
+    def training_clock(self):
+        clock = self.__dict__.get("_sam_clock")
+        if clock is None:
+            clock = self.__dict__["_sam_clock"] = _TrainingClock()
+        return clock
+
+    def fit(self, *args, **kwargs):
+        if self.sharpness_aware_optimizer is not None:
+            # `callbacks` is fit's sixth positional argument.
+            if len(args) > 5:
+                args = args[:5] + (self._with_clock(args[5]),) + args[6:]
+            else:
+                kwargs["callbacks"] = self._with_clock(kwargs.get("callbacks"))
+        return super().fit(*args, **kwargs)
+
+    def _with_clock(self, callbacks):
+        clock = self.training_clock
+        if callbacks is None:
+            return [clock]
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            if clock not in callbacks.callbacks:
+                callbacks.append(clock)
+            return callbacks
+        callbacks = list(callbacks)
+        return callbacks if clock in callbacks else callbacks + [clock]
+
+    def make_train_function(self, force=False):
+        optimizer = self.sharpness_aware_optimizer
+        variants = optimizer.step_variants() if optimizer is not None else ("default",)
+        if self.train_function is not None and not force:
+            return self.train_function
+        if len(variants) == 1:
+            self.__dict__["_sam_variant"] = variants[0]
+            return super().make_train_function(force=force)
+        if self.steps_per_execution != 1:
+            raise ValueError(
+                f"{type(optimizer).__name__} chooses the step to run from Python "
+                "before each step, which needs `steps_per_execution=1` in compile()."
+            )
+        functions = {}
+        for variant in variants:
+            # A distinct step function per variant: jax.jit caches traces by
+            # function, so one shared `train_step` would reuse one trace.
+            def variant_step(*args, _variant=variant):
+                self.__dict__["_sam_variant"] = _variant
+                return type(self).train_step(self, *args)
+
+            self.__dict__["train_step"] = variant_step
+            try:
+                super().make_train_function(force=True)
+            finally:
+                del self.__dict__["train_step"]
+            functions[variant] = self.train_function
+        clock = self.training_clock
+
+        def train_function(*args):
+            variant = optimizer.select_variant(clock.step, clock.epoch_step)
+            # The torch trainer looks `train_step` up at every call.
+            self.__dict__["_sam_variant"] = variant
+            try:
+                return functions[variant](*args)
+            finally:
+                clock.tick()
+
+        self.train_function = train_function
+        return train_function
 
     # -- diagnostics as running means over the epoch -----------------------
     def _diagnostic_trackers(self):
@@ -122,7 +217,13 @@ class SharpnessAwareMixin:
                 values, non_trainable, metrics_values, x, y, sample_weight
             )
 
-        update = optimizer.compute_update(backend.value_and_grad(loss_fn), params)
+        passes = Passes(
+            value_and_grad=backend.value_and_grad(loss_fn),
+            loss=backend.forward(lambda values: loss_fn(values)[0]),
+        )
+        update = optimizer.compute_update(
+            passes, params, self.__dict__.get("_sam_variant", "default")
+        )
         y_pred, new_non_trainable, new_metrics_values = update.aux
         optimizer.apply_update(update, trainable_variables)
 

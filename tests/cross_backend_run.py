@@ -38,7 +38,11 @@ METHODS = {
     "sam_steps3": ("SAM", {"rho": 0.05, "steps": 3}),
     "asam_weights": ("ASAM", {"rho": 0.5, "eta": 0.01, "adaptive_variables": "weights"}),
     "asam_all": ("ASAM", {"rho": 0.5, "eta": 0.0, "adaptive_variables": "all"}),
+    "xsam_search": ("XSAM", {"rho": 0.15, "rho_max": 0.3, "alpha_delta": 0.5}),
+    "xsam_asam_steps2": ("XSAM", {"rho": 0.3, "steps": 2, "alpha": 0.5, "adaptive": True}),
 }
+# Methods `reference_weights` below writes out (XSAM has its own NumPy tests).
+REFERENCE_METHODS = ["sgd", "sam", "sam_steps3", "asam_weights", "asam_all"]
 REFERENCE = "keras_fit"
 
 

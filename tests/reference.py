@@ -47,9 +47,8 @@ def dot(xs, ys):
 
 
 # -- methods -----------------------------------------------------------------------
-def sam_direction(loss_and_grad, params, rho, steps=1, adaptive=False, eta=0.01,
-                  scaled=None):
-    """SAM / multi-step SAM / ASAM (ALGORITHMS.md §1–2): returns d = g_k."""
+def ascent(loss_and_grad, params, rho, steps=1, adaptive=False, eta=0.01, scaled=None):
+    """k ascent steps of length ρ/k (ALGORITHMS.md §1–2): (θ_k − θ, g_k)."""
     scaled = scaled or [True] * len(params)
     _, g = loss_and_grad(params)
     displacement = [np.zeros_like(p) for p in params]
@@ -65,7 +64,35 @@ def sam_direction(loss_and_grad, params, rho, steps=1, adaptive=False, eta=0.01,
             e = [gi * f for gi in g]
         displacement = [a + b for a, b in zip(displacement, e)]
         _, g = loss_and_grad([p + e for p, e in zip(params, displacement)])
-    return g
+    return displacement, g
+
+
+def sam_direction(loss_and_grad, params, rho, **kwargs):
+    """SAM / multi-step SAM / ASAM: d = g_k."""
+    return ascent(loss_and_grad, params, rho, **kwargs)[1]
+
+
+def slerp(v0, v1, alpha, psi):
+    if np.sin(psi) < 1e-8:
+        return [(a + b) / 2 for a, b in zip(v0, v1)]
+    a, b = np.sin((1 - alpha) * psi) / np.sin(psi), np.sin(alpha * psi) / np.sin(psi)
+    return [a * x + b * y for x, y in zip(v0, v1)]
+
+
+def xsam_direction(loss_and_grad, params, rho, alpha, steps=1, rho_max=None, grid=None,
+                   **kwargs):
+    """XSAM (ALGORITHMS.md §5). With `grid`, α is searched first: returns (d, α, losses)."""
+    displacement, g = ascent(loss_and_grad, params, rho, steps=steps, **kwargs)
+    s = norm(g)
+    v0 = [e / norm(displacement) for e in displacement]
+    v1 = [gi / s for gi in g]
+    psi = np.arccos(np.clip(dot(v0, v1), -1.0, 1.0))
+    losses = None
+    if grid is not None:
+        losses = [loss_and_grad([p + rho_max * v for p, v in zip(params, slerp(v0, v1, a, psi))])[0]
+                  for a in grid]
+        alpha = grid[int(np.argmax(losses))]  # np.argmax: the first maximum
+    return [s * v for v in slerp(v0, v1, alpha, psi)], alpha, losses
 
 
 class SGDMomentum:

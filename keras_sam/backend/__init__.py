@@ -1,10 +1,12 @@
 """The few operations that differ per Keras backend.
 
 Everything else in keras_sam is written once with `keras.ops`. Each backend
-module provides the same four names:
+module provides the same names:
 
 - `value_and_grad(fn)`: `fn(params) -> (loss, aux)` becomes
   `f(params) -> ((loss, aux), grads)`, where `params` is a list of tensors.
+- `forward(fn)`: `fn(params)` as a forward pass only (no autograd graph; on
+  torch the same random numbers as the step's other passes).
 - `run_train_step(model, step_fn, args)`: runs a stateful step function as the
   trainer of this backend expects `train_step` to behave (JAX: pure function of
   its state).
@@ -14,24 +16,19 @@ module provides the same four names:
 - `hvp(...)`: reserved for Hessian-vector products.
 """
 
+import importlib
+
 import keras
 
 _name = keras.backend.backend()
-
-if _name == "jax":
-    from keras_sam.backend.jax import apply_if, run_train_step, value_and_grad
-elif _name == "tensorflow":
-    from keras_sam.backend.tensorflow import (
-        apply_if,
-        run_train_step,
-        value_and_grad,
-    )
-elif _name == "torch":
-    from keras_sam.backend.torch import apply_if, run_train_step, value_and_grad
-else:  # pragma: no cover - keras only ships the backends above and numpy
+if _name not in ("jax", "tensorflow", "torch"):
     raise ImportError(
-        f"keras_sam supports the tensorflow, jax and torch backends of Keras; "
+        "keras_sam supports the tensorflow, jax and torch backends of Keras; "
         f"KERAS_BACKEND is {_name!r}, which cannot train."
     )
+_impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
-__all__ = ["apply_if", "run_train_step", "value_and_grad"]
+apply_if = _impl.apply_if
+forward = _impl.forward
+run_train_step = _impl.run_train_step
+value_and_grad = _impl.value_and_grad

@@ -9,6 +9,10 @@ def value_and_grad(fn):
     return jax.value_and_grad(fn, has_aux=True)
 
 
+def forward(fn):
+    return fn
+
+
 def run_train_step(model, step_fn, args):
     """Runs the stateful `step_fn(data)` as the JAX trainer's pure step.
 

@@ -53,6 +53,17 @@ def _detach(x):
     return x.detach() if isinstance(x, torch.Tensor) else x
 
 
+def forward(fn):
+    def wrapped(params):
+        _randomness.before_pass()
+        with torch.no_grad():
+            out = fn([p.detach() for p in params])
+        _randomness.after_pass()
+        return out
+
+    return wrapped
+
+
 def value_and_grad(fn):
     def wrapped(params):
         leaves = [p.detach().requires_grad_(True) for p in params]

@@ -67,6 +67,20 @@ class Ascent:
 
 
 @dataclasses.dataclass
+class Passes:
+    """Functions of the trainable values on the current mini-batch.
+
+    `value_and_grad(values) -> ((loss, aux), grads)`: training mode, with the
+    non-trainable updates returned in `aux` rather than applied.
+    `loss(values) -> loss`: a forward pass only, training mode, statistics
+    discarded (XSAM's probes).
+    """
+
+    value_and_grad: object
+    loss: object
+
+
+@dataclasses.dataclass
 class Update:
     """What the training step needs to commit one sharpness-aware step."""
 
@@ -75,6 +89,7 @@ class Update:
     aux: object
     finite: object
     diagnostics: dict
+    state_updates: list  # (variable, new value) pairs of the method's own state.
 
 
 def _check_positive_number(name, value, allow_zero=False):
@@ -94,8 +109,8 @@ def _is_bias(variable):
 class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     """Base class: wraps an inner optimizer and owns the ascent.
 
-    Subclasses implement `direction(ascent, params)` — the vector handed to
-    the inner optimizer — and may add state in `build_state`.
+    Subclasses implement `direction(...)` — the vector handed to the inner
+    optimizer — and may add state in `build_state`.
 
     Args:
         optimizer: the inner `keras.optimizers.Optimizer` instance.
@@ -260,7 +275,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         return e, tg_norm
 
     def ascend(self, grad_fn, params):
-        """Clean pass and k ascent steps of length ρ/k (ALGORITHMS.md §1–2)."""
+        """Clean pass and k ascent steps of length ρ/k (ALGORITHMS.md §1–2).
+
+        `grad_fn(values) -> ((loss, aux), grads)`.
+        """
         (clean_loss, clean_aux), clean_grads = grad_fn(params)
         radius = self.current_rho() / self.steps
         checks = [clean_loss]
@@ -285,21 +303,41 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             check_scalars=checks,
         )
 
-    def direction(self, ascent, params):
-        """The vector the inner optimizer receives. Returns `(d, diagnostics)`."""
+    def direction(self, ascent, params, passes, variant):
+        """The vector the inner optimizer receives.
+
+        Returns `(d, diagnostics, state_updates)`: `diagnostics` maps names in
+        `diagnostic_names` to scalars; `state_updates` is a list of
+        `(variable, new value)` pairs of the method's own state, assigned only
+        if the step is finite.
+        """
         raise NotImplementedError
 
-    def compute_update(self, grad_fn, params):
+    # -- compiled step variants, chosen from Python between steps -------------
+    def step_variants(self):
+        """Names of the compiled variants of the training step.
+
+        Periodic work (XSAM's α search, eigenvector refreshes, SAM on one step
+        in k) runs as its own compiled function, chosen from Python before each
+        step: inside a conditional XLA:CPU slows backward passes 17–34×, and a
+        conditional would trace both branches' passes.
+        """
+        return ("default",)
+
+    def select_variant(self, step, epoch_step):
+        """The variant for global step `step`, step `epoch_step` of its epoch."""
+        return self.step_variants()[0]
+
+    def compute_update(self, passes, params, variant="default"):
         """One sharpness-aware step's math, without touching any variable.
 
         Args:
-            grad_fn: `grad_fn(values) -> ((loss, aux), grads)` on the current
-                mini-batch, in training mode, with non-trainable updates
-                returned in `aux` rather than applied.
+            passes: a `Passes` on the current mini-batch.
             params: the current values of the trainable variables.
+            variant: one of `step_variants()`, fixed when the step is traced.
         """
-        ascent = self.ascend(grad_fn, params)
-        d, diagnostics = self.direction(ascent, params)
+        ascent = self.ascend(passes.value_and_grad, params)
+        d, diagnostics, state_updates = self.direction(ascent, params, passes, variant)
         if self.diagnostics:
             diagnostics = {
                 "sharpness": ascent.loss - ascent.clean_loss,
@@ -316,10 +354,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             aux=ascent.clean_aux,
             finite=vectors.all_finite(ascent.check_scalars),
             diagnostics=diagnostics,
+            state_updates=state_updates,
         )
-
-    def commit_state(self, update):
-        """Hook: assign the method's own state after a finite step."""
 
     def apply_update(self, update, trainable_variables):
         """The inner optimizer steps with `d` from θ — only if the step is finite.
@@ -332,7 +368,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
 
         def commit():
             self.inner_optimizer.apply(update.direction, trainable_variables)
-            self.commit_state(update)
+            for variable, value in update.state_updates:
+                variable.assign(value)
 
         backend.apply_if(update.finite, commit, trainable_variables + self.variables)
         self.skipped_steps.assign_add(

@@ -29,5 +29,5 @@ class SAM(SharpnessAwareOptimizer):
     passes per training step. See `SharpnessAwareOptimizer` for all arguments.
     """
 
-    def direction(self, ascent, params):
-        return ascent.grads, {}
+    def direction(self, ascent, params, passes, variant):
+        return ascent.grads, {}, []
