@@ -532,7 +532,7 @@ def parse_args(argv=None):
 
     quick = args.quick
     defaults = {
-        "steps": 3 if quick else 25,
+        "steps": 3 if quick else 20,
         # >= 2: a step alternating between compiled functions (XSAM) compiles
         # its steady-state function on the second call.
         "warmup": 2 if quick else 3,

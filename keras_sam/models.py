@@ -30,27 +30,36 @@ from keras_sam.optimizers.base import Passes, SharpnessAwareOptimizer
 class _TrainingClock(keras.callbacks.Callback):
     """Counts steps on the host, so that periodic work (XSAM's search on the
     first batch of an epoch, eigenvector refreshes, every-k SAM) is chosen
-    from Python between steps. `fit` adds it; custom loops that call
-    `train_on_batch` just count steps (call `on_epoch_begin` to mark epochs).
+    from Python between steps. `fit` adds it; in custom loops that call
+    `train_on_batch` it just counts steps (call `on_epoch_begin` to mark
+    epochs).
     """
 
     def __init__(self):
         super().__init__()
-        self.step = 0
+        self.step = 0  # global training step (the optimizer's iterations)
         self.epoch_step = 0
-        self.epoch = 0
+        self.sam_steps = 0  # sharpness-aware (not "plain") steps
+        self.epoch_sam_steps = 0
+        self.total_steps = None  # of the current `fit`, when known
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.sharpness_aware_optimizer
         if optimizer is not None and optimizer.built:
             self.step = int(ops.convert_to_numpy(optimizer.iterations))
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        self.total_steps = epochs * steps if epochs and steps else None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.epoch_step = epoch, 0
+        self.epoch_step = self.epoch_sam_steps = 0
 
-    def tick(self):
+    def tick(self, variant):
         self.step += 1
         self.epoch_step += 1
+        if variant != "plain":
+            self.sam_steps += 1
+            self.epoch_sam_steps += 1
 
 
 def _values(variables):
@@ -138,13 +147,13 @@ class SharpnessAwareMixin:
         clock = self.training_clock
 
         def train_function(*args):
-            variant = optimizer.select_variant(clock.step, clock.epoch_step)
+            variant = optimizer.select_variant(clock)
             # The torch trainer looks `train_step` up at every call.
             self.__dict__["_sam_variant"] = variant
             try:
                 return functions[variant](*args)
             finally:
-                clock.tick()
+                clock.tick(variant)
 
         self.train_function = train_function
         return train_function
@@ -241,6 +250,8 @@ class SharpnessAwareMixin:
         )
         weight = ops.cast(update.finite, "float32")
         for tracker in self._diagnostic_trackers():
+            if tracker.name not in update.diagnostics:
+                continue  # a plain step of `start` / `every`
             value = ops.cast(update.diagnostics[tracker.name], "float32")
             tracker.update_state(ops.where(update.finite, value, 0.0), sample_weight=weight)
         self.__dict__["_sam_in_train_step"] = True

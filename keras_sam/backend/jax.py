@@ -1,4 +1,5 @@
-"""JAX: `jax.value_and_grad`, and a stateless wrapper around the step."""
+"""JAX: `jax.value_and_grad`, forward-over-reverse HVPs, and a stateless
+wrapper around the step."""
 
 import jax
 from keras import ops
@@ -7,6 +8,15 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 def value_and_grad(fn):
     return jax.value_and_grad(fn, has_aux=True)
+
+
+def hvp(fn, params, vectors):
+    """Gradient of `fn` at `params` and the Hessian-vector product H·v.
+
+    Forward-over-reverse: the JVP of the gradient (about 1.4× a gradient).
+    """
+    grads, hv = jax.jvp(jax.grad(fn), (list(params),), (list(vectors),))
+    return grads, hv
 
 
 def forward(fn):

@@ -1,7 +1,10 @@
 """TensorFlow: a `GradientTape` that watches the given value tensors."""
 
+import contextlib
+
 import tensorflow as tf
 from keras import ops
+from keras.src.backend.tensorflow import nn as _keras_tf_nn
 
 
 def value_and_grad(fn):
@@ -15,6 +18,49 @@ def value_and_grad(fn):
         return (loss, aux), grads
 
     return wrapped
+
+
+def _exact_moments(x, axes, keepdims):
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=keepdims)
+    return (mean if keepdims else tf.squeeze(mean, axes)), variance
+
+
+@contextlib.contextmanager
+def _second_order_moments():
+    """Batch moments whose second derivatives are exact.
+
+    Keras' TF `moments` is `tf.nn.moments`, which stops the gradient through
+    the mean inside the variance: first derivatives stay exact (that gradient
+    is zero), second derivatives do not (training-mode BatchNorm HVPs are off
+    by up to ~30 %). The same forward values, without the stop-gradient, while
+    the function is run (or traced).
+    """
+    original = _keras_tf_nn._compute_moments
+    _keras_tf_nn._compute_moments = _exact_moments
+    try:
+        yield
+    finally:
+        _keras_tf_nn._compute_moments = original
+
+
+def hvp(fn, params, vectors):
+    """Gradient of `fn` at `params` and the Hessian-vector product H·v.
+
+    Forward-over-reverse: a `ForwardAccumulator` (tangents `vectors`) around
+    the tape of the gradient. Unconnected gradients and tangents are zeros.
+    """
+    params = [tf.convert_to_tensor(p) for p in params]
+    vectors = [tf.convert_to_tensor(v) for v in vectors]
+    zero = tf.UnconnectedGradients.ZERO
+    with _second_order_moments():
+        with tf.autodiff.ForwardAccumulator(params, vectors) as accumulator:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                loss = fn(params)
+            grads = tape.gradient(loss, params, unconnected_gradients=zero)
+        hv = [accumulator.jvp(g, unconnected_gradients=zero) for g in grads]
+    return grads, hv
 
 
 def forward(fn):

@@ -81,6 +81,35 @@ def value_and_grad(fn):
     return wrapped
 
 
+def hvp(fn, params, vectors):
+    """Gradient of `fn` at `params` and the Hessian-vector product H·v.
+
+    Forward-over-reverse with `torch.func` (`jvp` of `grad`), on detached
+    values, also under `torch.no_grad()` (function transforms ignore outer
+    grad modes); the outputs are plain detached tensors.
+    """
+    params = [p.detach() for p in params]
+    vectors = [v.detach().to(p.dtype) for v, p in zip(vectors, params)]
+    with torch.enable_grad():
+        grads, hv = torch.func.jvp(torch.func.grad(fn), (params,), (vectors,))
+    return [g.detach() for g in grads], [h.detach() for h in hv]
+
+
+def _hvp_double_backward(fn, params, vectors):
+    leaves = [p.detach().requires_grad_(True) for p in params]
+    with torch.enable_grad():
+        loss = fn(leaves)
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+        gv = sum((g * v).sum() for g, v in zip(grads, vectors) if g.requires_grad)
+        if torch.is_tensor(gv) and gv.requires_grad:
+            hv = torch.autograd.grad(gv, leaves, allow_unused=True)
+        else:
+            hv = [None] * len(leaves)
+    hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, leaves)]
+    return [g.detach() for g in grads], [h.detach() for h in hv]
+
+
 def run_train_step(model, step_fn, args):
     (data,) = args
     # The update math runs outside autograd; `value_and_grad` re-enables it

@@ -90,6 +90,9 @@ class Update:
     finite: object
     diagnostics: dict
     state_updates: list  # (variable, new value) pairs of the method's own state.
+    # A correction applied after the inner step, θ ← θ − lr_t · extra_step
+    # (WSAM's decoupled mode); None for none.
+    extra_step: object = None
 
 
 def _check_positive_number(name, value, allow_zero=False):
@@ -114,7 +117,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
 
     Args:
         optimizer: the inner `keras.optimizers.Optimizer` instance.
-        rho: the perturbation radius ρ (total path length when `steps > 1`).
+        rho: the perturbation radius ρ (total path length when `steps > 1`):
+            a float, a `keras.optimizers.schedules.LearningRateSchedule`, or a
+            callable of the training step (the inner optimizer's
+            `iterations`). A schedule's value is clipped at 0 (and NaN is
+            read as 0): ρ = 0 is the inner optimizer's own step.
         steps: number of ascent steps k; each has length ρ/k (the XSAM
             repository's convention, no projection back onto the ρ-ball).
         adaptive: ASAM's element-wise perturbation
@@ -125,9 +132,20 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             but biases and normalization shifts (`bias`, `beta`), which get
             `T = 1`. `"all"` (davda54/sam, pytorch-optimizer; use it with
             `eta=0.0` to reproduce them): every variable.
+        start: run the sharpness-aware step only from this training step on
+            (late-phase SAM): an integer step, or a float in [0, 1) read as a
+            fraction of the steps of `fit` (epochs × steps per epoch).
+        every: run the sharpness-aware step on one step in `every` (the
+            first, then every `every`-th), and the inner optimizer's plain
+            step — one forward–backward — on the others.
         diagnostics: log the cheap per-step diagnostics (sharpness
-            `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones).
+            `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
+            averaged over the sharpness-aware steps of each epoch.
         name: the optimizer's name.
+
+    Steps on which the sharpness-aware step does not run (`start`, `every`)
+    are compiled as a separate step function, chosen from Python before each
+    step: no recompilation, no passes of the other variant, no conditional.
     """
 
     #: Names of the per-step diagnostics `compute_update` returns.
@@ -141,6 +159,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         adaptive=False,
         eta=0.01,
         adaptive_variables="weights",
+        start=0,
+        every=1,
         diagnostics=True,
         name=None,
         **kwargs,
@@ -172,7 +192,21 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 "`optimizer` is a LossScaleOptimizer; wrap the plain "
                 "optimizer instead (loss scaling is not supported yet)."
             )
-        _check_positive_number("rho", rho)
+        if isinstance(rho, dict):  # from get_config
+            rho = keras.saving.deserialize_keras_object(rho)
+        if callable(rho):
+            _check_positive_number("rho (at step 0)", float(ops.convert_to_numpy(rho(0))), allow_zero=True)
+        else:
+            _check_positive_number("rho", rho)
+        if isinstance(start, bool) or not isinstance(start, numbers.Real) or start < 0 or (
+            not isinstance(start, numbers.Integral) and start >= 1
+        ):
+            raise ValueError(
+                "`start` must be an integer step >= 0 or a fraction in [0, 1), "
+                f"received {start!r}."
+            )
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+            raise ValueError(f"`every` must be an integer >= 1, received {every!r}.")
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise ValueError(f"`steps` must be an integer, received {steps!r}.")
         if steps < 1:
@@ -185,7 +219,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
-        self.rho = float(rho)
+        self.rho = rho if callable(rho) else float(rho)
+        self.start = start if isinstance(start, numbers.Integral) else float(start)
+        self.every = int(every)
         self.steps = int(steps)
         self.adaptive = bool(adaptive)
         self.eta = float(eta)
@@ -248,8 +284,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     # The step
     # ------------------------------------------------------------------
     def current_rho(self):
-        """ρ for the current step."""
-        return self.rho
+        """ρ for the current step: the float, or the schedule at `iterations`."""
+        if not callable(self.rho):
+            return self.rho
+        rho = ops.cast(self.rho(self.iterations), "float32")
+        return ops.where(rho > 0.0, rho, 0.0)  # NaN > 0 is False
 
     def perturbation(self, point, grads, radius):
         """One ascent step of length `radius` from `point` along `grads`.
@@ -314,19 +353,46 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         raise NotImplementedError
 
     # -- compiled step variants, chosen from Python between steps -------------
-    def step_variants(self):
-        """Names of the compiled variants of the training step.
+    def method_variants(self):
+        """Names of the method's compiled step variants (e.g. XSAM's search).
 
-        Periodic work (XSAM's α search, eigenvector refreshes, SAM on one step
-        in k) runs as its own compiled function, chosen from Python before each
-        step: inside a conditional XLA:CPU slows backward passes 17–34×, and a
-        conditional would trace both branches' passes.
+        Periodic work runs as its own compiled function, chosen from Python
+        before each step: inside a conditional XLA:CPU slows backward passes
+        17–34×, and a conditional would trace both branches' passes.
         """
         return ("default",)
 
-    def select_variant(self, step, epoch_step):
-        """The variant for global step `step`, step `epoch_step` of its epoch."""
-        return self.step_variants()[0]
+    def select_method_variant(self, clock):
+        """The method's variant for the next sharpness-aware step.
+
+        `clock` has `step` (global), `epoch_step`, `sam_steps` and
+        `epoch_sam_steps` (sharpness-aware steps so far, in all and in this
+        epoch) and `total_steps` (of `fit`, or None).
+        """
+        return "default"
+
+    def step_variants(self):
+        plain = ("plain",) if self.start or self.every > 1 else ()
+        return self.method_variants() + plain
+
+    def start_step(self, total_steps):
+        if isinstance(self.start, numbers.Integral):
+            return self.start
+        if total_steps is None:
+            raise ValueError(
+                f"`start={self.start}` is a fraction of training, but the number "
+                "of training steps is unknown (no `fit`, or data of unknown "
+                "length): give `start` as an integer step."
+            )
+        return int(math.ceil(self.start * total_steps))
+
+    def select_variant(self, clock):
+        """The compiled variant to run for the next step."""
+        if self.start or self.every > 1:
+            step = clock.step - self.start_step(clock.total_steps)
+            if step < 0 or step % self.every:
+                return "plain"
+        return self.select_method_variant(clock)
 
     def compute_update(self, passes, params, variant="default"):
         """One sharpness-aware step's math, without touching any variable.
@@ -336,6 +402,16 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             params: the current values of the trainable variables.
             variant: one of `step_variants()`, fixed when the step is traced.
         """
+        if variant == "plain":  # the inner optimizer's own step
+            (loss, aux), grads = passes.value_and_grad(params)
+            return Update(
+                direction=grads,
+                loss=loss,
+                aux=aux,
+                finite=vectors.all_finite([loss, vectors.norm(grads)]),
+                diagnostics={},
+                state_updates=[],
+            )
         ascent = self.ascend(passes.value_and_grad, params)
         d, diagnostics, state_updates = self.direction(ascent, params, passes, variant)
         if self.diagnostics:
@@ -367,7 +443,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         trainable_variables = list(trainable_variables)
 
         def commit():
+            learning_rate = self.inner_optimizer.learning_rate  # before it steps
             self.inner_optimizer.apply(update.direction, trainable_variables)
+            if update.extra_step is not None:
+                for variable, delta in zip(trainable_variables, update.extra_step):
+                    variable.assign_sub(ops.cast(learning_rate, delta.dtype) * delta)
             for variable, value in update.state_updates:
                 variable.assign(value)
 
@@ -383,11 +463,13 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         return {
             "name": self.name,
             "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            "rho": self.rho,
+            "rho": keras.saving.serialize_keras_object(self.rho) if callable(self.rho) else self.rho,
             "steps": self.steps,
             "adaptive": self.adaptive,
             "eta": self.eta,
             "adaptive_variables": self.adaptive_variables,
+            "start": self.start,
+            "every": self.every,
             "diagnostics": self.diagnostics,
         }
 

@@ -86,9 +86,10 @@ class XSAM(SharpnessAwareOptimizer):
         alpha_max: A, the largest α searched. 2.0.
         alpha_delta: Δ, the grid step. 0.1 (21 forward passes per search).
         initial_alpha: α before the first search. 1.0 (SAM).
-        search_every: None to search on the first batch of each epoch of `fit`;
-            an integer N to search every N steps instead (custom loops,
-            streaming data without epochs).
+        search_every: None to search on the first batch of each epoch of `fit`
+            (the first sharpness-aware step of the epoch under `start` /
+            `every`); an integer N to search every N sharpness-aware steps
+            instead (custom loops, streaming data without epochs).
         **kwargs: `adaptive` (XSAM + ASAM, the paper's best), `eta`,
             `adaptive_variables`, `diagnostics`, `name` as for `SAM`.
 
@@ -151,13 +152,16 @@ class XSAM(SharpnessAwareOptimizer):
             shape=(), dtype="int32", initializer="zeros", aggregation="none", name="searches"
         )
 
-    def step_variants(self):
+    def method_variants(self):
         return ("default",) if self.alpha is not None else ("default", "search")
 
-    def select_variant(self, step, epoch_step):
+    def select_method_variant(self, clock):
         if self.alpha is not None:
             return "default"
-        due = step % self.search_every == 0 if self.search_every else epoch_step == 0
+        if self.search_every:
+            due = clock.sam_steps % self.search_every == 0
+        else:  # the first sharpness-aware step of each epoch
+            due = clock.epoch_sam_steps == 0
         return "search" if due else "default"
 
     def direction(self, ascent, params, passes, variant):
