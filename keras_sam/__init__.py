@@ -1,15 +1,28 @@
 """keras_sam: sharpness-aware optimizers for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
 from keras_sam.models import SAMModel, SharpnessAwareMixin
-from keras_sam.optimizers import ASAM, SAM, XSAM, SharpnessAwareOptimizer
+from keras_sam.optimizers import (
+    ASAM,
+    GSAM,
+    SAM,
+    WSAM,
+    XSAM,
+    EigenCorrectedSAM,
+    EigenCorrection,
+    SharpnessAwareOptimizer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASAM",
+    "EigenCorrectedSAM",
+    "EigenCorrection",
+    "GSAM",
     "SAM",
     "SAMModel",
     "SharpnessAwareMixin",
     "SharpnessAwareOptimizer",
+    "WSAM",
     "XSAM",
 ]

@@ -164,7 +164,7 @@ class SharpnessAwareMixin:
         if not self.compiled or optimizer is None or not optimizer.diagnostics:
             return []
         trackers = self.__dict__.get("_sam_trackers")
-        names = tuple(optimizer.diagnostic_names)
+        names = optimizer.logged_diagnostics()
         if trackers is None or tuple(trackers) != names:
             # Not assigned as attributes: Keras would track them as permanent
             # metrics of the model, also under a plain optimizer.
@@ -184,9 +184,11 @@ class SharpnessAwareMixin:
         return logs
 
     # -- the step ------------------------------------------------------------
-    def _stateless_loss(self, params, non_trainable, metrics_values, x, y, sample_weight):
+    def _stateless_loss(
+        self, params, non_trainable, metrics_values, x, y, sample_weight, training=True
+    ):
         """Loss at `params`; returns new non-trainable and metric values."""
-        kwargs = {"training": True} if self._call_has_training_arg else {}
+        kwargs = {"training": training} if self._call_has_training_arg else {}
         y_pred, non_trainable, losses = self.stateless_call(
             params, non_trainable, x, return_losses=True, **kwargs
         )
@@ -201,7 +203,7 @@ class SharpnessAwareMixin:
             y=y,
             y_pred=y_pred,
             sample_weight=sample_weight,
-            training=True,
+            training=training,
         )
         if losses:
             self._losses_override.clear()
@@ -221,14 +223,17 @@ class SharpnessAwareMixin:
         non_trainable = _values(self.non_trainable_variables)
         metrics_values = _values(self.metrics_variables)
 
-        def loss_fn(values):
+        def loss_fn(values, training=True):
             return self._stateless_loss(
-                values, non_trainable, metrics_values, x, y, sample_weight
+                values, non_trainable, metrics_values, x, y, sample_weight, training
             )
 
         passes = Passes(
             value_and_grad=backend.value_and_grad(loss_fn),
             loss=backend.forward(lambda values: loss_fn(values)[0]),
+            hvp=lambda values, vectors: backend.hvp(
+                lambda v: loss_fn(v, training=False)[0], values, vectors
+            ),
         )
         update = optimizer.compute_update(
             passes, params, self.__dict__.get("_sam_variant", "default")

@@ -113,3 +113,80 @@ def train(make_problem, params, batches, direction_fn, optimizer):
     for xb, yb in batches:
         params = optimizer.step(params, direction_fn(make_problem(xb, yb), params))
     return params
+
+
+# -- X-SAM (ALGORITHMS.md §6) ------------------------------------------------------
+def eigen_corrected(g, v, alpha, rule):
+    """ĝ − α|c|v ("signed") or ĝ − α c v ("symmetric"), c = ⟨ĝ, v⟩."""
+    g_hat = [x / (norm(g) + EPS) for x in g]
+    c = dot(g_hat, v)
+    coefficient = alpha * (abs(c) if rule == "signed" else c)
+    return [x - coefficient * y for x, y in zip(g_hat, v)]
+
+
+def power_iteration(hessian_times, v, iterations):
+    """Warm-started power iteration: v ← Hv/‖Hv‖; returns (v, last Rayleigh quotient)."""
+    eigenvalue = None
+    for _ in range(iterations):
+        hv = hessian_times(v)
+        eigenvalue = dot(v, hv)
+        v = [x / (norm(hv) + EPS) for x in hv]
+    return v, eigenvalue
+
+
+def gaussian_unit_vector(shapes, seed):
+    """The seeded Gaussian first estimate keras_sam uses."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.standard_normal(shape) for shape in shapes]
+    return [d / norm(draws) for d in draws]
+
+
+def linear_regression_hessian_times(x):
+    """H·v of `linear_regression`'s loss (independent of the targets and θ)."""
+    def hessian_times(v):
+        w, b = v
+        r = x @ w + b
+        return [2 * x.T @ r / len(x), 2 * r.sum(axis=0) / len(x)]
+    return hessian_times
+
+
+# -- GSAM (ALGORITHMS.md §3) -------------------------------------------------------
+def gsam_direction(loss_and_grad, params, rho, alpha, **kwargs):
+    """d = g_k − α g_⊥, g_⊥ = g_0 − (⟨g_0, g_k⟩/(‖g_0‖‖g_k‖ + eps)) ‖g_0‖ g_k/(‖g_k‖ + eps)."""
+    _, g0 = loss_and_grad(params)
+    _, g1 = ascent(loss_and_grad, params, rho, **kwargs)
+    n0, n1 = norm(g0), norm(g1)
+    cos = dot(g0, g1) / (n0 * n1 + EPS)
+    g_perp = [a - cos * n0 * b / (n1 + EPS) for a, b in zip(g0, g1)]
+    return [b - alpha * p for b, p in zip(g1, g_perp)]
+
+
+def gsam_rho(lr, rho_min, rho_max, lr_min, lr_max):
+    """ρ_t following the learning rate, clipped at 0 below."""
+    return max(0.0, rho_min + (rho_max - rho_min) * (lr - lr_min) / (lr_max - lr_min))
+
+
+# -- WSAM (ALGORITHMS.md §4) -------------------------------------------------------
+def clip_by_global_norm(xs, max_norm):
+    """torch.nn.utils.clip_grad_norm_: xs · min(1, c / (‖xs‖ + 1e-6))."""
+    factor = min(1.0, max_norm / (norm(xs) + 1e-6))
+    return [x * factor for x in xs]
+
+
+def wsam_step(loss_and_grad, params, optimizer, rho, gamma, decouple, clip_norm=None, **kwargs):
+    """One WSAM step with `optimizer` (its `learning_rate` is lr_t): new params.
+
+    Coupled: the optimizer steps with g_0 + w (g_1 − g_0). Decoupled: it steps
+    with g_0, then θ ← θ − lr_t · w · (g_1 − g_0). w = γ/(1 − γ).
+    """
+    w = gamma / (1.0 - gamma)
+    _, g0 = loss_and_grad(params)
+    _, g1 = ascent(loss_and_grad, params, rho, **kwargs)
+    if clip_norm is not None:
+        g0, g1 = clip_by_global_norm(g0, clip_norm), clip_by_global_norm(g1, clip_norm)
+    sharpness = [b - a for a, b in zip(g0, g1)]
+    if not decouple:
+        return optimizer.step(params, [a + w * s for a, s in zip(g0, sharpness)])
+    lr = optimizer.learning_rate
+    params = optimizer.step(params, g0)
+    return [p - lr * w * s for p, s in zip(params, sharpness)]

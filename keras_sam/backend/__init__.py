@@ -13,7 +13,8 @@ module provides the same names:
 - `apply_if(pred, update_fn, variables)`: runs `update_fn` (which assigns to
   `variables`) only where the scalar boolean `pred` is true, inside compiled
   steps too.
-- `hvp(...)`: reserved for Hessian-vector products.
+- `hvp(fn, params, vectors) -> (grads, Hv)`: gradient and Hessian-vector
+  product of a scalar function of a list of tensors.
 """
 
 import importlib
@@ -30,5 +31,6 @@ _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
 apply_if = _impl.apply_if
 forward = _impl.forward
+hvp = _impl.hvp
 run_train_step = _impl.run_train_step
 value_and_grad = _impl.value_and_grad

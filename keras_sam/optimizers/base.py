@@ -25,6 +25,7 @@ from keras.src.utils import tracking
 
 from keras_sam import backend
 from keras_sam import vectors
+from keras_sam.optimizers.eigen_correction import EigenCorrection
 from keras_sam.vectors import EPS
 
 _BASE_OPTIMIZER_ARGS = (
@@ -74,10 +75,13 @@ class Passes:
     non-trainable updates returned in `aux` rather than applied.
     `loss(values) -> loss`: a forward pass only, training mode, statistics
     discarded (XSAM's probes).
+    `hvp(values, vectors) -> (grads, Hv)`: Hessian-vector product of the loss
+    in inference mode (X-SAM's eigenvector refresh).
     """
 
     value_and_grad: object
     loss: object
+    hvp: object = None
 
 
 @dataclasses.dataclass
@@ -138,6 +142,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         every: run the sharpness-aware step on one step in `every` (the
             first, then every `every`-th), and the inner optimizer's plain
             step — one forward–backward — on the others.
+        eigen_correction: a `keras_sam.EigenCorrection` (X-SAM, Duan et al.
+            2026): damps the final direction's component along the Hessian's
+            dominant eigenvector, refreshed every p steps. None for none.
         diagnostics: log the cheap per-step diagnostics (sharpness
             `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
             averaged over the sharpness-aware steps of each epoch.
@@ -161,6 +168,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         adaptive_variables="weights",
         start=0,
         every=1,
+        eigen_correction=None,
         diagnostics=True,
         name=None,
         **kwargs,
@@ -207,6 +215,13 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"`every` must be an integer >= 1, received {every!r}.")
+        if isinstance(eigen_correction, dict):  # from get_config
+            eigen_correction = EigenCorrection.from_config(eigen_correction)
+        if eigen_correction is not None and not isinstance(eigen_correction, EigenCorrection):
+            raise ValueError(
+                "`eigen_correction` must be a keras_sam.EigenCorrection or None, "
+                f"received {eigen_correction!r}."
+            )
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise ValueError(f"`steps` must be an integer, received {steps!r}.")
         if steps < 1:
@@ -222,6 +237,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.rho = rho if callable(rho) else float(rho)
         self.start = start if isinstance(start, numbers.Integral) else float(start)
         self.every = int(every)
+        # A copy: the correction keeps this optimizer's eigenvector variables.
+        self.eigen_correction = (
+            None if eigen_correction is None
+            else EigenCorrection.from_config(eigen_correction.get_config())
+        )
         self.steps = int(steps)
         self.adaptive = bool(adaptive)
         self.eta = float(eta)
@@ -249,6 +269,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             self.adaptive_variables == "all" or not _is_bias(v) for v in var_list
         ]
         self.build_state(var_list)
+        if self.eigen_correction is not None:
+            self.eigen_correction.build(self, var_list)
         super().build(var_list)
 
     def build_state(self, var_list):
@@ -348,7 +370,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         Returns `(d, diagnostics, state_updates)`: `diagnostics` maps names in
         `diagnostic_names` to scalars; `state_updates` is a list of
         `(variable, new value)` pairs of the method's own state, assigned only
-        if the step is finite.
+        if the step is finite. A method with a decoupled correction (WSAM)
+        returns a fourth element, `extra_step`: see `Update.extra_step`.
         """
         raise NotImplementedError
 
@@ -371,9 +394,19 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         """
         return "default"
 
+    def logged_diagnostics(self):
+        """Names of the diagnostics each sharpness-aware step logs."""
+        if not self.diagnostics:
+            return ()
+        extra = ("eigen_angle", "eigenvalue") if self.eigen_correction else ()
+        return tuple(self.diagnostic_names) + extra
+
     def step_variants(self):
+        variants = self.method_variants()
+        if self.eigen_correction is not None:
+            variants = variants + tuple(v + "+refresh" for v in variants)
         plain = ("plain",) if self.start or self.every > 1 else ()
-        return self.method_variants() + plain
+        return variants + plain
 
     def start_step(self, total_steps):
         if isinstance(self.start, numbers.Integral):
@@ -392,7 +425,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             step = clock.step - self.start_step(clock.total_steps)
             if step < 0 or step % self.every:
                 return "plain"
-        return self.select_method_variant(clock)
+        variant = self.select_method_variant(clock)
+        if self.eigen_correction is not None and self.eigen_correction.refresh_due(clock):
+            variant += "+refresh"
+        return variant
 
     def compute_update(self, passes, params, variant="default"):
         """One sharpness-aware step's math, without touching any variable.
@@ -412,8 +448,19 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 diagnostics={},
                 state_updates=[],
             )
+        method_variant = variant.split("+")[0]
         ascent = self.ascend(passes.value_and_grad, params)
-        d, diagnostics, state_updates = self.direction(ascent, params, passes, variant)
+        d, diagnostics, state_updates, *extra_step = self.direction(
+            ascent, params, passes, method_variant
+        )
+        checks = list(ascent.check_scalars)
+        if self.eigen_correction is not None:
+            d, more_diagnostics, more_updates, more_checks = self.eigen_correction.apply(
+                d, params, passes.hvp, refresh=variant.endswith("+refresh")
+            )
+            diagnostics = {**diagnostics, **more_diagnostics}
+            state_updates = state_updates + more_updates
+            checks += more_checks
         if self.diagnostics:
             diagnostics = {
                 "sharpness": ascent.loss - ascent.clean_loss,
@@ -428,9 +475,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             direction=d,
             loss=ascent.clean_loss,
             aux=ascent.clean_aux,
-            finite=vectors.all_finite(ascent.check_scalars),
+            finite=vectors.all_finite(checks),
             diagnostics=diagnostics,
             state_updates=state_updates,
+            extra_step=extra_step[0] if extra_step else None,
         )
 
     def apply_update(self, update, trainable_variables):
@@ -470,6 +518,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             "adaptive_variables": self.adaptive_variables,
             "start": self.start,
             "every": self.every,
+            "eigen_correction": (
+                None if self.eigen_correction is None else self.eigen_correction.get_config()
+            ),
             "diagnostics": self.diagnostics,
         }
 
