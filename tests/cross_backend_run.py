@@ -40,6 +40,10 @@ METHODS = {
     "asam_all": ("ASAM", {"rho": 0.5, "eta": 0.0, "adaptive_variables": "all"}),
     "xsam_search": ("XSAM", {"rho": 0.15, "rho_max": 0.3, "alpha_delta": 0.5}),
     "xsam_asam_steps2": ("XSAM", {"rho": 0.3, "steps": 2, "alpha": 0.5, "adaptive": True}),
+    "gsam": ("GSAM", {"rho": 0.05, "alpha": 0.4}),
+    "wsam_coupled": ("WSAM", {"rho": 0.05, "gamma": 0.9, "decouple": False}),
+    "wsam_decoupled": ("WSAM", {"rho": 0.05, "gamma": 0.9, "decouple": True}),
+    "wsam_decoupled_clip": ("WSAM", {"rho": 0.05, "gamma": 0.9, "clip_norm": 1.0}),
 }
 # Methods `reference_weights` below writes out (XSAM has its own NumPy tests).
 REFERENCE_METHODS = ["sgd", "sam", "sam_steps3", "asam_weights", "asam_all"]
