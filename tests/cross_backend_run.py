@@ -44,6 +44,10 @@ METHODS = {
     "wsam_coupled": ("WSAM", {"rho": 0.05, "gamma": 0.9, "decouple": False}),
     "wsam_decoupled": ("WSAM", {"rho": 0.05, "gamma": 0.9, "decouple": True}),
     "wsam_decoupled_clip": ("WSAM", {"rho": 0.05, "gamma": 0.9, "clip_norm": 1.0}),
+    "eigen_corrected_sam": ("EigenCorrectedSAM", {"rho": 0.05, "refresh_every": 2, "power_iterations": 3}),
+    "xsam_eigen_symmetric": ("XSAM", {"rho": 0.1, "alpha": 0.7,
+                                      "eigen_correction": {"alpha": 0.3, "every": 2, "power_iterations": 2,
+                                                           "rule": "symmetric", "seed": 1}}),
 }
 # Methods `reference_weights` below writes out (XSAM has its own NumPy tests).
 REFERENCE_METHODS = ["sgd", "sam", "sam_steps3", "asam_weights", "asam_all"]
