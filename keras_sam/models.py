@@ -62,6 +62,45 @@ class _TrainingClock(keras.callbacks.Callback):
             self.epoch_sam_steps += 1
 
 
+def _unscaled_value_and_grad(loss_fn, loss_scaler):
+    """Value and gradient of `loss_fn`, through dynamic loss scaling if any.
+
+    Under `mixed_float16` every pass differentiates the scaled loss (so that
+    float16 gradients do not underflow) and unscales the gradient at once:
+    the method normalises, compares and combines unscaled gradients, and the
+    final direction is never unscaled twice. An overflow shows as a
+    non-finite norm and skips the step.
+    """
+    if loss_scaler is None:
+        return backend.value_and_grad(loss_fn)
+    scale = ops.convert_to_tensor(loss_scaler.dynamic_scale.value)
+
+    def scaled_loss_fn(values):
+        loss, aux = loss_fn(values)
+        return ops.multiply(loss, ops.cast(scale, loss.dtype)), (loss, aux)
+
+    scaled_value_and_grad = backend.value_and_grad(scaled_loss_fn)
+
+    def value_and_grad(values):
+        (_, (loss, aux)), grads = scaled_value_and_grad(values)
+        return (loss, aux), [g / ops.cast(scale, g.dtype) for g in grads]
+
+    return value_and_grad
+
+
+def _update_loss_scale(loss_scaler, finite):
+    """`LossScaleOptimizer`'s dynamic scale: halve after a non-finite step,
+    double after `dynamic_growth_steps` finite ones (its `apply` is bypassed
+    because the step is not a plain gradient step)."""
+    counter, scale = loss_scaler.step_counter, loss_scaler.dynamic_scale
+    grow = ops.equal(counter.value, loss_scaler.dynamic_growth_steps - 1)
+    zero = ops.zeros_like(counter.value)
+    counter.assign(ops.where(finite, ops.where(grow, zero, counter.value + 1), zero))
+    scale.assign(
+        ops.where(finite, ops.where(grow, scale.value * 2.0, scale.value), scale.value * 0.5)
+    )
+
+
 def _values(variables):
     """Current values as tensors (inside a JAX stateless scope: its values)."""
     return [ops.convert_to_tensor(v.value) for v in variables]
@@ -80,8 +119,11 @@ class SharpnessAwareMixin:
 
     @property
     def sharpness_aware_optimizer(self):
-        """The `SharpnessAwareOptimizer` compiled in, or None."""
+        """The `SharpnessAwareOptimizer` compiled in (also inside the
+        `LossScaleOptimizer` that `mixed_float16` adds), or None."""
         optimizer = getattr(self, "optimizer", None)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer
         return optimizer if isinstance(optimizer, SharpnessAwareOptimizer) else None
 
     def train_step(self, *args):
@@ -217,8 +259,8 @@ class SharpnessAwareMixin:
             # trace of the step; the unused outputs are pruned from the graph.
             self(x, training=False)
         trainable_variables = self.trainable_variables
-        if not optimizer.built:
-            optimizer.build(trainable_variables)
+        if not self.optimizer.built:
+            self.optimizer.build(trainable_variables)
         params = _values(trainable_variables)
         non_trainable = _values(self.non_trainable_variables)
         metrics_values = _values(self.metrics_variables)
@@ -228,8 +270,9 @@ class SharpnessAwareMixin:
                 values, non_trainable, metrics_values, x, y, sample_weight, training
             )
 
+        loss_scaler = self.optimizer if self.optimizer is not optimizer else None
         passes = Passes(
-            value_and_grad=backend.value_and_grad(loss_fn),
+            value_and_grad=_unscaled_value_and_grad(loss_fn, loss_scaler),
             loss=backend.forward(lambda values: loss_fn(values)[0]),
             hvp=lambda values, vectors: backend.hvp(
                 lambda v: loss_fn(v, training=False)[0], values, vectors
@@ -240,6 +283,8 @@ class SharpnessAwareMixin:
         )
         y_pred, new_non_trainable, new_metrics_values = update.aux
         optimizer.apply_update(update, trainable_variables)
+        if loss_scaler is not None:
+            _update_loss_scale(loss_scaler, update.finite)
 
         # Clean-pass statistics, kept only if the step is committed.
         for variable, new, old in zip(

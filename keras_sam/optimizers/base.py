@@ -197,8 +197,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError(
-                "`optimizer` is a LossScaleOptimizer; wrap the plain "
-                "optimizer instead (loss scaling is not supported yet)."
+                "`optimizer` is a LossScaleOptimizer: wrap the other way round, "
+                "`LossScaleOptimizer(SAM(inner))` — which is what `compile` "
+                "does by itself under the `mixed_float16` policy."
             )
         if isinstance(rho, dict):  # from get_config
             rho = keras.saving.deserialize_keras_object(rho)
