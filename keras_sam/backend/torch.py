@@ -84,30 +84,46 @@ def value_and_grad(fn):
 def hvp(fn, params, vectors):
     """Gradient of `fn` at `params` and the Hessian-vector product H·v.
 
-    Forward-over-reverse with `torch.func` (`jvp` of `grad`), on detached
-    values, also under `torch.no_grad()` (function transforms ignore outer
-    grad modes); the outputs are plain detached tensors.
+    Eager: double backward (`autograd.grad` of ⟨∇f, v⟩ with `create_graph`),
+    measured faster than `torch.func` here (CNN, 67k parameters, CPU:
+    2.6-2.9x against 3.3-3.6x a gradient; 1.3x against 3.3x on a tiny MLP,
+    `benchmarks/hvp_time.py`). Under
+    `torch.compile`, where double backward does not work: forward-over-reverse
+    with `torch.func` (`jvp` of `grad`). Works under `torch.no_grad()`;
+    returns detached tensors, zeros for unconnected parameters.
     """
     params = [p.detach() for p in params]
     vectors = [v.detach().to(p.dtype) for v, p in zip(vectors, params)]
+    _randomness.before_pass()
     with torch.enable_grad():
-        grads, hv = torch.func.jvp(torch.func.grad(fn), (params,), (vectors,))
-    return [g.detach() for g in grads], [h.detach() for h in hv]
-
-
-def _hvp_double_backward(fn, params, vectors):
-    leaves = [p.detach().requires_grad_(True) for p in params]
-    with torch.enable_grad():
-        loss = fn(leaves)
-        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
-        gv = sum((g * v).sum() for g, v in zip(grads, vectors) if g.requires_grad)
-        if torch.is_tensor(gv) and gv.requires_grad:
-            hv = torch.autograd.grad(gv, leaves, allow_unused=True)
+        if torch.compiler.is_compiling():
+            grads, hv = _forward_over_reverse(fn, params, vectors)
         else:
-            hv = [None] * len(leaves)
-    hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, leaves)]
+            grads, hv = _reverse_over_reverse(fn, params, vectors)
+    _randomness.after_pass()
     return [g.detach() for g in grads], [h.detach() for h in hv]
+
+
+def _forward_over_reverse(fn, params, vectors):
+    return torch.func.jvp(torch.func.grad(fn), (params,), (vectors,))
+
+
+def _reverse_over_reverse(fn, params, vectors):
+    leaves = [p.requires_grad_(True) for p in params]
+    loss = fn(leaves)
+    if loss.requires_grad:
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+    else:
+        grads = [None] * len(leaves)
+    terms = [
+        (g * v).sum() for g, v in zip(grads, vectors) if g is not None and g.requires_grad
+    ]
+    hv = [None] * len(leaves)
+    if terms:
+        hv = torch.autograd.grad(sum(terms), leaves, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+    hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, leaves)]
+    return grads, hv
 
 
 def run_train_step(model, step_fn, args):
