@@ -1,5 +1,6 @@
 """keras_sam: sharpness-aware optimizers for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
+from keras_sam import callbacks, hessian
 from keras_sam.models import SAMModel, SharpnessAwareMixin
 from keras_sam.optimizers import (
     ASAM,

@@ -60,6 +60,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_sam import backend
 from keras_sam import vectors as vec
+from keras_sam.stateless import stateless_loss
 
 __all__ = [
     "Curvature",
@@ -94,29 +95,11 @@ def _fixed_global_randomness(seed):
 def _stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_weight,
                     training, seed=0):
     """The compiled loss (+ `model.losses`) at `values`; no state is changed."""
-    kwargs = {"training": training} if model._call_has_training_arg else {}
     context = _fixed_global_randomness(seed) if training else contextlib.nullcontext()
     with context:
-        y_pred, _, losses = model.stateless_call(
-            values, non_trainable, x, return_losses=True, **kwargs
+        loss, _ = stateless_loss(
+            model, values, non_trainable, metrics_values, x, y, sample_weight, training
         )
-    if losses:  # activity regularizers etc., as the trainers do
-        model._losses_override.clear()
-        model._losses_override = losses
-    try:
-        loss, _ = model.stateless_compute_loss(
-            values,
-            non_trainable,
-            metrics_values,
-            x=x,
-            y=y,
-            y_pred=y_pred,
-            sample_weight=sample_weight,
-            training=training,
-        )
-    finally:
-        if losses:
-            model._losses_override.clear()
     return unscale_loss_for_distribution(loss)
 
 

@@ -25,6 +25,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_sam import backend
 from keras_sam.optimizers.base import Passes, SharpnessAwareOptimizer
+from keras_sam.stateless import stateless_loss
 
 
 class _TrainingClock(keras.callbacks.Callback):
@@ -226,31 +227,6 @@ class SharpnessAwareMixin:
         return logs
 
     # -- the step ------------------------------------------------------------
-    def _stateless_loss(
-        self, params, non_trainable, metrics_values, x, y, sample_weight, training=True
-    ):
-        """Loss at `params`; returns new non-trainable and metric values."""
-        kwargs = {"training": training} if self._call_has_training_arg else {}
-        y_pred, non_trainable, losses = self.stateless_call(
-            params, non_trainable, x, return_losses=True, **kwargs
-        )
-        if losses:  # activity regularizers etc., as the JAX trainer does
-            self._losses_override.clear()
-            self._losses_override = losses
-        loss, (_, non_trainable, metrics_values) = self.stateless_compute_loss(
-            params,
-            non_trainable,
-            metrics_values,
-            x=x,
-            y=y,
-            y_pred=y_pred,
-            sample_weight=sample_weight,
-            training=training,
-        )
-        if losses:
-            self._losses_override.clear()
-        return loss, (y_pred, non_trainable, metrics_values)
-
     def _sharpness_aware_step(self, data):
         optimizer = self.sharpness_aware_optimizer
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
@@ -266,8 +242,8 @@ class SharpnessAwareMixin:
         metrics_values = _values(self.metrics_variables)
 
         def loss_fn(values, training=True):
-            return self._stateless_loss(
-                values, non_trainable, metrics_values, x, y, sample_weight, training
+            return stateless_loss(
+                self, values, non_trainable, metrics_values, x, y, sample_weight, training
             )
 
         loss_scaler = self.optimizer if self.optimizer is not optimizer else None
