@@ -3,6 +3,7 @@
     python benchmarks/step_time.py                  # full run, all backends (~5 min)
     python benchmarks/step_time.py --quick          # smoke run (< 1 min)
     python benchmarks/step_time.py --backends jax,torch --steps 40
+    python benchmarks/step_time.py --variants SAM,XSAM --wait-quiet 300
 
 For every backend (TensorFlow with XLA and in plain graph mode, JAX with jit,
 PyTorch eager) it times the compiled train function of a small CIFAR-style CNN
@@ -10,18 +11,28 @@ PyTorch eager) it times the compiled train function of a small CIFAR-style CNN
 
 - `inner`: the inner optimizer alone (SGD, momentum 0.9), through `SAMModel`
   compiled with the plain optimizer — Keras' own train step;
-- `SAM`, `ASAM`, `SAM k=2`: the sharpness-aware variants in `VARIANTS`.
+- `SAM`, `ASAM`, `SAM k=2` (and, opt-in, `XSAM`, `XSAM α=1`): the
+  sharpness-aware variants in `VARIANTS`.
 
 Timing: every variant gets a model with identical initial weights, is compiled,
 built and its `train_function` made; after warm-up (tracing, XLA compilation)
 the variants are interleaved in rounds (the order rotated each round) and each
 call of the train function is timed up to the moment its results are ready.
-Reported: the median ms/step and the ratio to `inner`; `spread` is the largest
-interquartile range over the row's variants, relative to their median.
+Reported: the median ms/step and the ratio to `inner` (in parentheses: the
+ratio of the fastest steps, less sensitive to other load); `spread` is the
+largest half interquartile range over the row's variants, relative to their
+median; `other load` is the CPU that other processes used while the row was
+timed (from /proc/stat): on a shared machine, trust rows near 0 cores only, or
+use `--wait-quiet`.
 
 Each backend runs in its own subprocess (the Keras backend is fixed per
 process), one after the other, with its thread pools sized to the cores given
 by `--threads`, so backends never compete for the CPU.
+
+PyTorch on CPU: glibc's malloc returns freed activation buffers to the OS and
+page-faults them back in at every step, which costs the SAM step more than the
+inner one; `--child-env MALLOC_MMAP_THRESHOLD_=4294967296 --child-env
+MALLOC_TRIM_THRESHOLD_=68719476736` (or jemalloc/tcmalloc) measures without it.
 
 To add a method, add an entry to `VARIANTS`: a name and a factory
 `factory(inner_optimizer) -> optimizer to compile with`.
@@ -202,6 +213,38 @@ class Runner:
         return logs
 
 
+class ForeignLoad:
+    """CPU time used by other processes while timing, in cores (Linux only).
+
+    System-wide busy time from /proc/stat minus this process's CPU time, over
+    the wall time: ~0 on a quiet machine; > 0.2 cores makes timings suspect.
+    """
+
+    @staticmethod
+    def _busy_seconds():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        try:
+            self.start = (self._busy_seconds(), sum(os.times()[:2]), time.perf_counter())
+        except (OSError, ValueError, AttributeError):
+            self.start = None
+        self.cores = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.start is not None:
+            busy, own, wall = self._busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+            elapsed = wall - self.start[2]
+            if elapsed > 0:
+                other = (busy - self.start[0]) - (own - self.start[1])
+                self.cores = max(other, 0.0) / elapsed
+        return False
+
+
 def _scalar(value):
     try:
         return float(value)
@@ -245,20 +288,24 @@ def time_row(backend, jit, args, keras, batch, init_weights):
     gc.collect()
     gc.disable()
     try:
-        for round_ in range(args.steps):
-            gc.collect()
-            shift = round_ % max(len(names), 1)
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                logs[name] = runners[name].step()
-                times[name].append(time.perf_counter() - start)
+        with ForeignLoad() as foreign:
+            for round_ in range(args.steps):
+                gc.collect()
+                shift = round_ % max(len(names), 1)  # rotate the order
+                for name in names[shift:] + names[:shift]:
+                    start = time.perf_counter()
+                    logs[name] = runners[name].step()
+                    times[name].append(time.perf_counter() - start)
     finally:
         gc.enable()
 
     results = {}
     for name in runners:
         ms = sorted(1000.0 * t for t in times[name])
-        quartiles = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) >= 2 else [ms[0]] * 3
+        if len(ms) >= 2:
+            quartiles = statistics.quantiles(ms, n=4, method="inclusive")
+        else:
+            quartiles = ms * 3
         last = logs.get(name, {})
         results[name] = {
             "median_ms": statistics.median(ms),
@@ -276,6 +323,7 @@ def time_row(backend, jit, args, keras, batch, init_weights):
         "backend": backend,
         "jit": JIT_LABELS[(backend, jit)],
         "variants": results,
+        "foreign_load": foreign.cores,
     }
 
 
@@ -337,8 +385,11 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-def child_env(backend, threads):
+def child_env(backend, threads, extra=()):
     env = dict(os.environ)
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
     env["KERAS_BACKEND"] = backend
     env["PYTHONHASHSEED"] = "0"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -371,7 +422,7 @@ def run_child(backend, args):
     try:
         proc = subprocess.run(
             command,
-            env=child_env(backend, args.threads),
+            env=child_env(backend, args.threads, args.child_env),
             capture_output=True,
             text=True,
             timeout=args.timeout,
@@ -395,7 +446,7 @@ def format_table(results, variants):
     header = ["backend", "jit", f"{BASELINE} ms/step"]
     for name in others:
         header += [f"{name} ms/step", f"{name}/{BASELINE}"]
-    header += ["spread"]
+    header += ["spread", "other load"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
@@ -409,19 +460,27 @@ def format_table(results, variants):
             continue
         for row in result["rows"]:
             stats = row["variants"]
-            base = stats.get(BASELINE, {}).get("median_ms")
+            base = stats.get(BASELINE, {})
             cells = [f"{row['backend']} {result['version']}", row["jit"]]
-            cells.append(_ms_cell(stats.get(BASELINE)))
+            cells.append(_ms_cell(base))
             for name in others:
                 cells.append(_ms_cell(stats.get(name)))
-                median = stats.get(name, {}).get("median_ms")
-                cells.append(f"{median / base:.2f}×" if median and base else "—")
+                variant = stats.get(name, {})
+                if "median_ms" in variant and "median_ms" in base:
+                    cells.append(
+                        f"{variant['median_ms'] / base['median_ms']:.2f}× "
+                        f"({variant['min_ms'] / base['min_ms']:.2f}×)"
+                    )
+                else:
+                    cells.append("—")
             spreads = [
                 (s["p75_ms"] - s["p25_ms"]) / s["median_ms"]
                 for s in stats.values()
                 if "median_ms" in s
             ]
             cells.append(f"±{100 * max(spreads) / 2:.0f}%" if spreads else "—")
+            load = row.get("foreign_load")
+            cells.append("n/a" if load is None else f"{load:.2f} cores")
             lines.append("| " + " | ".join(cells) + " |")
             for name, s in stats.items():
                 if "error" in s:
@@ -449,11 +508,32 @@ def _load():
         return "n/a"
 
 
+def wait_until_quiet(max_seconds, threshold=0.25, window=3.0):
+    """Waits (up to `max_seconds`) until other processes use < `threshold` cores."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        with ForeignLoad() as load:
+            time.sleep(window)
+        if load.cores is None or load.cores < threshold:
+            return load.cores
+        if time.perf_counter() >= deadline:
+            print(
+                f"  machine still busy ({load.cores:.2f} cores used by others); "
+                "running anyway",
+                file=sys.stderr,
+                flush=True,
+            )
+            return load.cores
+
+
 def parent_main(args):
     start = time.perf_counter()
     load_before = _load()
     results = []
     for backend in args.backends:
+        if args.wait_quiet > 0:
+            print(f"[{backend}] waiting for a quiet machine ...", file=sys.stderr, flush=True)
+            wait_until_quiet(args.wait_quiet)
         print(f"[{backend}] running ...", file=sys.stderr, flush=True)
         result = run_child(backend, args)
         results.append(result)
@@ -495,8 +575,11 @@ def parent_main(args):
     print(
         f"- timing: compiled train function on a fixed batch, {args.warmup} warm-up "
         f"call(s), then {args.steps} interleaved rounds; medians; "
-        "spread = largest half-IQR / median in the row"
+        "ratios of medians (of minima); spread = largest half-IQR / median in the "
+        "row; other load = CPU used by other processes while timing the row"
     )
+    if args.child_env:
+        print(f"- extra environment: {' '.join(args.child_env)}")
     print()
     table, notes = format_table(results, args.variants)
     print(table)
@@ -519,13 +602,30 @@ def parse_args(argv=None):
     parser.add_argument(
         "--variants",
         help=f"comma-separated subset of: {', '.join(VARIANTS)} ({BASELINE} is "
-        f"always run); default all, with --quick {','.join(QUICK_VARIANTS)}",
+        f"always run); default {','.join(DEFAULT_VARIANTS)}, with --quick "
+        f"{','.join(QUICK_VARIANTS)}",
     )
     parser.add_argument("--steps", type=int, help="timed steps per variant (rounds)")
     parser.add_argument("--warmup", type=int, help="untimed calls per variant")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, help="threads per backend")
     parser.add_argument("--timeout", type=float, help="seconds per backend")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each backend, wait up to SECONDS until other processes use "
+        "< 0.25 cores (shared machines)",
+    )
+    parser.add_argument(
+        "--child-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment variable for the backend processes (repeatable), "
+        "e.g. MALLOC_TRIM_THRESHOLD_=68719476736; shown in the header",
+    )
     parser.add_argument("--verbose", action="store_true", help="show child stderr")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -547,6 +647,9 @@ def parse_args(argv=None):
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
 
+    for item in args.child_env:
+        if "=" not in item or not item.partition("=")[0]:
+            parser.error(f"--child-env takes KEY=VALUE, received {item!r}")
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for backend in args.backends:
         if backend not in BACKENDS:
