@@ -7,9 +7,13 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import batches, weights_close
-from tests.optimizers.test_sam import NUM_CLASSES, fit_dense, softmax_data
+from tests.optimizers.test_sam import (
+    fit_dense,
+    LOSS,
+    NUM_CLASSES,
+    softmax_data,
+)
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def clip_global(xs, c):

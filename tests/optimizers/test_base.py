@@ -7,9 +7,14 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_sam import NUM_CLASSES, fit_dense, sgd, softmax_data
+from tests.optimizers.test_sam import (
+    fit_dense,
+    LOSS,
+    NUM_CLASSES,
+    sgd,
+    softmax_data,
+)
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def reference_schedule(x, labels, weights, batch_size, epochs, rho_at, sam_at):

@@ -10,20 +10,18 @@ from keras_sam.optimizers.gsam import learning_rate_bounds
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
 from tests.optimizers.test_sam import (
-    NUM_CLASSES,
     fit_dense,
+    LOSS,
+    NUM_CLASSES,
     reference_run,
     regression_data,
     sgd,
     softmax_data,
+    softmax_problem,
 )
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 SCHEDULES = keras.optimizers.schedules
 
-
-def softmax_problem(xb, yb):
-    return reference.softmax_regression(xb, yb, NUM_CLASSES)
 
 
 # Every compile mode of the backend for the default, the default mode for the variants.

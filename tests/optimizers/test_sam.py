@@ -9,6 +9,12 @@ from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
 
 NUM_CLASSES = 3
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def softmax_problem(xb, yb):
+    """The NumPy reference problem of `softmax_data`'s batches."""
+    return reference.softmax_regression(xb, yb, NUM_CLASSES)
 
 
 def softmax_data(seed=0, n=48, d=5):

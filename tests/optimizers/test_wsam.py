@@ -10,19 +10,17 @@ from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
 from tests.optimizers.test_gsam import assert_raises_naming
 from tests.optimizers.test_sam import (
-    NUM_CLASSES,
     fit_dense,
+    LOSS,
+    NUM_CLASSES,
     regression_data,
     sgd,
     softmax_data,
+    softmax_problem,
 )
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 SCHEDULES = keras.optimizers.schedules
 
-
-def softmax_problem(xb, yb):
-    return reference.softmax_regression(xb, yb, NUM_CLASSES)
 
 
 def reference_wsam(problem, x, y, weights, batch_size, epochs, lr_at=lambda i: 0.1, **kwargs):

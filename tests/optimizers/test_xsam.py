@@ -13,19 +13,17 @@ from keras_sam.optimizers.xsam import search_alpha
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
 from tests.optimizers.test_sam import (
-    NUM_CLASSES,
     fit_dense,
+    LOSS,
+    NUM_CLASSES,
     reference_run,
     regression_data,
     sgd,
     softmax_data,
+    softmax_problem,
 )
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-
-def softmax_problem(xb, yb):
-    return reference.softmax_regression(xb, yb, NUM_CLASSES)
 
 
 @pytest.mark.parametrize("steps", [1, 3])
