@@ -1,7 +1,7 @@
 """How good is X-SAM's eigenvector estimate during a real training run?
 
-    python benchmarks/eigenvector_quality.py                       # full run, JAX (~10 min)
-    python benchmarks/eigenvector_quality.py --quick --backend torch
+    python benchmarks/eigenvector_quality.py                       # full run, JAX (~6-12 min)
+    python benchmarks/eigenvector_quality.py --quick --backend torch   # smoke run (~1 min)
     python benchmarks/eigenvector_quality.py --periods 1,2,3,5 --epochs 6
 
 X-SAM (`keras_sam.EigenCorrection`) keeps an estimate v of the Hessian's
@@ -14,8 +14,9 @@ measures how close each estimate stays to a converged eigenvector.
 
 Setup: CIFAR-10 (a subset of `cifar10_train_part1.npz` from `--data-dir`,
 scaled to [0, 1] and normalised with the usual mean/std), the small
-Conv-BN-ReLU CNN of `benchmarks/step_time.py` (~67k parameters), batch 128,
-SGD(0.05, momentum 0.9) inside every sharpness-aware optimizer. Every
+Conv-BN-ReLU CNN of `benchmarks/step_time.py` (~67k parameters), batch 128
+(`--quick`: 32), SGD(0.05, momentum 0.9) inside every sharpness-aware
+optimizer. Every
 configuration starts from the same initial weights and sees the same data in
 the same order (a fixed permutation per epoch, the remainder dropped):
 
@@ -34,8 +35,10 @@ iteration) by `keras_sam.hessian` power iteration (`--max-iterations`,
 optimizer's current estimate v (`optimizer.eigen_correction.eigenvector`; on
 JAX the callback's `self.model` syncs the trainer's state first, and the
 optimizer's refresh counter is checked against the refresh schedule at every
-measurement). The default `--measure-every 3` is coprime with 2 and 5, so the
-measurements fall at every position of the refresh cycles.
+measurement). With the defaults (16 steps per epoch, `--measure-every 7`),
+the measurements fall at every position of the refresh cycles (epoch steps 6,
+13, 4, 11, 2, 9, 0, ...), so stale estimates are measured as well as fresh
+ones.
 
 Reported per configuration (first table): refreshes done, Hessian-vector
 products per training step spent on them, mean / median / min |cos(v, v*)|
@@ -44,8 +47,8 @@ and the share of measurements with |cos| >= 0.9.
 Second table (reference): the same |cos| split by the number of weight
 updates since the estimate was last refreshed (1 = refreshed on the step just
 taken); the batch noise floor |cos(v_b, v*)|, where v_b is a converged
-eigenvector on the refresh-size mini-batch just trained on (what a perfect
-refresh on one mini-batch could reach; `--noise-floor-every` measurements,
+eigenvector on the refresh-size mini-batch just trained on (power iteration
+from a seeded Gaussian; what a perfect refresh on one mini-batch could reach; `--noise-floor-every` measurements,
 0 = off); |cos(v, v_b)|; the median power iterations and the median relative
 residual ||H v* - λ v*|| / |λ| of v* (how converged the reference is; a
 small eigengap makes a residual r compatible with an angle up to about
@@ -73,10 +76,10 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 BACKENDS = ("jax", "tensorflow", "torch")
 
-FULL = dict(train_size=2048, epochs=4, probe_size=256, measure_every=3, noise_floor_every=2,
-            periods="1,2,5", max_iterations=100)
-QUICK = dict(train_size=768, epochs=2, probe_size=128, measure_every=3, noise_floor_every=2,
-             periods="5", max_iterations=30)
+FULL = dict(train_size=2048, batch_size=128, epochs=5, probe_size=256, measure_every=7,
+            noise_floor_every=3, periods="1,2,5", max_iterations=100)
+QUICK = dict(train_size=192, batch_size=32, epochs=2, probe_size=32, measure_every=3,
+             noise_floor_every=2, periods="5", max_iterations=20)
 
 
 def parse_args(argv=None):
@@ -85,15 +88,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--backend", default="jax", choices=BACKENDS)
     parser.add_argument("--quick", action="store_true",
-                        help="tiny run (< 1 min): 768 images, 2 epochs, probe 128, p=5 only, "
-                             "v* in at most 30 iterations")
+                        help="smoke run (< 1 min on an idle machine): 192 images, batch 32, "
+                             "2 epochs, probe 32, p=5 only, v* in at most 20 iterations")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help=f"folder with {DATA_FILE} (default: ../shared/data "
                              "relative to the repository root)")
     parser.add_argument("--train-size", type=int, default=None,
                         help="training images (rounded down to a multiple of the batch size)")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None, help="128 (quick: 32)")
     parser.add_argument("--probe-size", type=int, default=None,
                         help="images of the fixed probe batch (taken from the training subset)")
     parser.add_argument("--measure-every", type=int, default=None,
@@ -103,9 +106,10 @@ def parse_args(argv=None):
     parser.add_argument("--periods", default=None,
                         help="refresh periods p of the amortized (q=1) rows (default 1,2,5; quick: 5)")
     parser.add_argument("--max-iterations", type=int, default=None,
-                        help="power iterations for v* at most (default 100; quick: 30)")
+                        help="power iterations for v* and v_b at most (default 100; quick: 20)")
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write every measurement to this file")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
@@ -122,9 +126,7 @@ def log(message):
 
 
 # -- data ---------------------------------------------------------------------------
-def load_data(args):
-    import numpy as np
-
+def check_data(args):
     path = os.path.join(args.data_dir, DATA_FILE)
     if not os.path.isfile(path):
         sys.exit(
@@ -132,6 +134,13 @@ def load_data(args):
             f"Pass --data-dir DIR, a folder holding {DATA_FILE} "
             "(keys x_train uint8 (25000,32,32,3), y_train int64; see shared/data/README.md)."
         )
+    return path
+
+
+def load_data(args):
+    import numpy as np
+
+    path = check_data(args)
     with np.load(path) as archive:
         if "x_train" not in archive or "y_train" not in archive:
             sys.exit(f"error: {path} lacks the arrays x_train / y_train.")
@@ -154,8 +163,8 @@ def load_data(args):
 # -- model and optimizers ---------------------------------------------------------
 def build_cnn(keras):
     """Conv32-BN-ReLU ×2, pool, Conv64-BN-ReLU, pool, Conv64-BN-ReLU, GAP,
-    Dense 10 (~67k parameters): the CNN of benchmarks/step_time.py (copied:
-    that file is imported by nothing and runs its own subprocesses)."""
+    Dense 10 (~67k parameters): the CNN of benchmarks/step_time.py, copied so
+    that this script does not depend on that one's internals."""
     layers = keras.layers
 
     def conv_bn_relu(filters):
@@ -253,8 +262,15 @@ def probe_class():
             if refreshed is None:
                 return
             start = time.perf_counter()
-            self.measure(batch, refreshed)
-            self.seconds += time.perf_counter() - start
+            record = self.measure(batch, refreshed)
+            seconds = time.perf_counter() - start
+            self.seconds += seconds
+            floor = f" floor {record['floor']:.3f} ({record['floor_iterations']} it)" \
+                if "floor" in record else ""
+            log(f"    step {self.step:4d} (+{record['since_refresh']} since refresh): "
+                f"|cos| {record['cos']:.3f}  v*: {record['iterations']} it, "
+                f"residual {record['residual']:.1e}, λ {record['eigenvalue']:.3g};{floor} "
+                f"[{seconds:.1f} s]")
 
         def measure(self, batch, refreshed):
             import numpy as np
@@ -301,14 +317,16 @@ def probe_class():
             k = a.noise_floor_every
             if k and (len(self.measurements) % k == 0):
                 rows = self.orders[self.epoch][batch * a.batch_size:(batch + 1) * a.batch_size]
-                _, v_batch = hessian.top_eigenvalue(
-                    model, self.x[rows], self.y[rows], a.max_iterations, a.tol,
-                    initial_vector=v_star, seed=a.seed,
-                )
+                batch_curvature = hessian.Curvature(model, self.x[rows], self.y[rows])
+                # From the seeded Gaussian, not from v*: a start near v* could
+                # stop (on the eigenvalue criterion) before leaving it.
+                _, v_batch = batch_curvature.top_eigenvalue(a.max_iterations, a.tol, seed=a.seed)
+                record["floor_iterations"] = batch_curvature.iterations
                 flat_batch = _flat(v_batch)
                 record["floor"] = _abs_cos(flat_batch, flat_star)
                 record["cos_batch"] = _abs_cos(v_opt, flat_batch)
             self.measurements.append(record)
+            return record
 
     return EigenvectorProbe
 
@@ -400,10 +418,11 @@ def reference_table(results):
     buckets = list(range(1, max_p + 1))
     head = " | ".join(f"{b}" if b < max_p else f"≥{b}" for b in buckets)
     lines = [
-        f"| configuration | mean \\|cos(v, v*)\\| by updates since refresh: {head} "
+        f"| configuration | mean \\|cos\\| 1st / 2nd half of run "
+        f"| mean \\|cos(v, v*)\\| by updates since refresh: {head} "
         "| floor \\|cos(v_b, v*)\\| | \\|cos(v, v_b)\\| | iters v* | residual v* | λ | "
         "final loss / acc | train s | measure s |",
-        "| --- | " + " | ".join("---:" for _ in buckets) + " | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | " + " | ".join("---:" for _ in buckets) + " | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         ms = r["measurements"]
@@ -419,8 +438,12 @@ def reference_table(results):
             values = [m[key] for m in ms]
             return statistics.median(values) if values else None
 
+        cos = [m["cos"] for m in ms]
+        half = (len(cos) + 1) // 2
+        halves = (f"{statistics.fmean(cos[:half]):.3f} / {statistics.fmean(cos[half:]):.3f}"
+                  if len(cos) >= 2 else "—")
         lines.append(
-            f"| {r['label']} | " + " | ".join(by)
+            f"| {r['label']} | {halves} | " + " | ".join(by)
             + f" | {_fmt(statistics.fmean(floor)) if floor else '—'}"
             + (f" (n={len(floor)})" if floor else "")
             + f" | {_fmt(statistics.fmean(cos_batch)) if cos_batch else '—'}"
@@ -433,6 +456,7 @@ def reference_table(results):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_data(args)  # before the slow imports
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     command = "python " + " ".join(
@@ -484,6 +508,11 @@ def main(argv=None):
     print(main_table(results))
     print()
     print(reference_table(results))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"command": command, "args": vars(args), "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
