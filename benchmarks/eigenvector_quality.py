@@ -46,7 +46,9 @@ and the share of measurements with |cos| >= 0.9.
 
 Second table (reference): the same |cos| split by the number of weight
 updates since the estimate was last refreshed (1 = refreshed on the step just
-taken); the batch noise floor |cos(v_b, v*)|, where v_b is a converged
+taken); the mean share of the top curvature that v captures, vᵀHv / λ* on
+the probe batch (robust to near-degenerate top eigenvalues, where |cos| with
+one eigenvector says little); the batch noise floor |cos(v_b, v*)|, where v_b is a converged
 eigenvector on the refresh-size mini-batch just trained on (power iteration
 from a seeded Gaussian; what a perfect refresh on one mini-batch could reach; `--noise-floor-every` measurements,
 0 = off); |cos(v, v_b)|; the median power iterations and the median relative
@@ -268,7 +270,8 @@ def probe_class():
             floor = f" floor {record['floor']:.3f} ({record['floor_iterations']} it)" \
                 if "floor" in record else ""
             log(f"    step {self.step:4d} (+{record['since_refresh']} since refresh): "
-                f"|cos| {record['cos']:.3f}  v*: {record['iterations']} it, "
+                f"|cos| {record['cos']:.3f}, vᵀHv/λ* {record['captured']:.3f}; "
+                f"v*: {record['iterations']} it, "
                 f"residual {record['residual']:.1e}, λ {record['eigenvalue']:.3g};{floor} "
                 f"[{seconds:.1f} s]")
 
@@ -288,9 +291,8 @@ def probe_class():
                     f"epoch {self.epoch}; the schedule p={self.p} says {expected}: the "
                     "callback does not read the optimizer's current state."
                 )
-            v_opt = [np.asarray(ops.convert_to_numpy(e.value), "float64").ravel()
-                     for e in correction.eigenvector]
-            v_opt = np.concatenate(v_opt)
+            v_opt_list = [ops.convert_to_numpy(e.value) for e in correction.eigenvector]
+            v_opt = _flat(v_opt_list)
 
             a = self.args
             curvature = hessian.Curvature(model, self.x_probe, self.y_probe)
@@ -304,6 +306,11 @@ def probe_class():
             flat_hv = _flat([ops.convert_to_numpy(t) for t in hv])
             rayleigh = float(flat_star @ flat_hv)
             residual = float(np.linalg.norm(flat_hv - rayleigh * flat_star) / (abs(rayleigh) + 1e-12))
+            # The curvature the optimizer's direction captures, vᵀHv / λ* (one
+            # more product): near 1 also when v mixes near-degenerate top
+            # eigenvectors, where |cos| with any single one can be small.
+            hv_opt = _flat([ops.convert_to_numpy(t) for t in curvature.hvp(v_opt_list)])
+            captured = float(v_opt @ hv_opt / (v_opt @ v_opt) / rayleigh)
 
             record = {
                 "step": self.step,
@@ -313,6 +320,7 @@ def probe_class():
                 "eigenvalue": rayleigh,
                 "iterations": iterations,
                 "residual": residual,
+                "captured": captured,
             }
             k = a.noise_floor_every
             if k and (len(self.measurements) % k == 0):
@@ -420,9 +428,10 @@ def reference_table(results):
     lines = [
         f"| configuration | mean \\|cos\\| 1st / 2nd half of run "
         f"| mean \\|cos(v, v*)\\| by updates since refresh: {head} "
-        "| floor \\|cos(v_b, v*)\\| | \\|cos(v, v_b)\\| | iters v* | residual v* | λ | "
+        "| mean vᵀHv/λ* | floor \\|cos(v_b, v*)\\| | \\|cos(v, v_b)\\| | median iters v* | median residual v* | median λ | "
         "final loss / acc | train s | measure s |",
-        "| --- | ---: | " + " | ".join("---:" for _ in buckets) + " | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | " + " | ".join("---:" for _ in buckets)
+        + " | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         ms = r["measurements"]
@@ -444,6 +453,7 @@ def reference_table(results):
                   if len(cos) >= 2 else "—")
         lines.append(
             f"| {r['label']} | {halves} | " + " | ".join(by)
+            + f" | {_fmt(statistics.fmean(m['captured'] for m in ms)) if ms else '—'}"
             + f" | {_fmt(statistics.fmean(floor)) if floor else '—'}"
             + (f" (n={len(floor)})" if floor else "")
             + f" | {_fmt(statistics.fmean(cos_batch)) if cos_batch else '—'}"
