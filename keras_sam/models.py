@@ -17,6 +17,8 @@ Conventions of the step (ALGORITHMS.md §0):
   `skipped_steps` log.
 """
 
+import dataclasses
+
 import keras
 from keras import ops
 from keras import tree
@@ -24,6 +26,7 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_sam import backend
+from keras_sam import vectors
 from keras_sam.optimizers.base import Passes, SharpnessAwareOptimizer
 from keras_sam.stateless import stateless_loss
 
@@ -100,6 +103,46 @@ def _update_loss_scale(loss_scaler, finite):
     scale.assign(
         ops.where(finite, ops.where(grow, scale.value * 2.0, scale.value), scale.value * 0.5)
     )
+
+
+def _split_batch(data, groups):
+    """`groups` equal contiguous parts of every array in `data` (x, y, sw)."""
+    first = next(i for i in tree.flatten(data) if i is not None)
+    size = first.shape[0]
+    if size is not None and size % groups:
+        raise ValueError(
+            f"A batch of {size} examples does not split into {groups} equal "
+            "perturbation groups: choose a batch size divisible by the groups "
+            "(per replica), and drop the remainder of the data set "
+            "(`drop_remainder=True` in tf.data)."
+        )
+    n = ops.shape(first)[0] // groups
+    return [
+        tree.map_structure(lambda t, i=i: None if t is None else t[i * n:(i + 1) * n], data)
+        for i in range(groups)
+    ]
+
+
+def _merge_group_aux(auxes, metrics_values):
+    """One clean-pass aux from the perturbation groups' ones.
+
+    Predictions are concatenated; float non-trainable values (BatchNorm's
+    moving statistics) averaged, as `tf.distribute` averages replicas'; metric
+    states (the compiled loss' trackers) are sums of per-batch increments.
+    """
+    y_preds, non_trainables, metrics = zip(*auxes)
+    y_pred = tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *y_preds)
+    mean = 1.0 / len(auxes)
+    non_trainable = [
+        sum(values) * ops.cast(mean, values[0].dtype)
+        if "float" in str(values[0].dtype) else values[0]
+        for values in zip(*non_trainables)
+    ]
+    metrics_values = [
+        old + sum(new - old for new in values)
+        for old, values in zip(metrics_values, zip(*metrics))
+    ]
+    return y_pred, non_trainable, metrics_values
 
 
 def _values(variables):
@@ -241,27 +284,90 @@ class SharpnessAwareMixin:
         non_trainable = _values(self.non_trainable_variables)
         metrics_values = _values(self.metrics_variables)
 
-        def loss_fn(values, training=True):
-            return stateless_loss(
-                self, values, non_trainable, metrics_values, x, y, sample_weight, training
+        loss_scaler = self.optimizer if self.optimizer is not optimizer else None
+        replicas = backend.replicas_in_sync()
+        group_count = optimizer.perturbation_group_count()
+        if group_count > 1 and group_count % replicas:
+            raise ValueError(
+                f"perturbation_groups={optimizer.perturbation_groups} ({group_count} "
+                f"groups) does not divide among the {replicas} replicas."
+            )
+        # One group: the global batch's, whatever the replicas.
+        local_groups = max(1, group_count // replicas)
+
+        def make_passes(x, y, sample_weight, all_reduce):
+            def loss_fn(values, training=True):
+                loss, aux = stateless_loss(
+                    self, values, non_trainable, metrics_values, x, y, sample_weight, training
+                )
+                # tf.distribute scales each replica's loss by 1/replicas: the
+                # method works with this share's own mean loss.
+                return unscale_loss_for_distribution(loss), aux
+
+            value_and_grad = _unscaled_value_and_grad(loss_fn, loss_scaler)
+            forward = backend.forward(lambda values: loss_fn(values)[0])
+
+            def hvp(values, vectors):
+                # The curvature is always the global batch's.
+                return backend.all_reduce_mean(backend.hvp(
+                    lambda v: loss_fn(v, training=False)[0], values, vectors
+                ))
+
+            if not all_reduce:
+                return Passes(value_and_grad=value_and_grad, loss=forward, hvp=hvp)
+
+            def global_value_and_grad(values):
+                (loss, aux), grads = value_and_grad(values)
+                loss, grads = backend.all_reduce_mean((loss, grads))
+                return (loss, aux), grads
+
+            return Passes(
+                value_and_grad=global_value_and_grad,
+                loss=lambda values: backend.all_reduce_mean(forward(values)),
+                hvp=hvp,
             )
 
-        loss_scaler = self.optimizer if self.optimizer is not optimizer else None
-        passes = Passes(
-            value_and_grad=_unscaled_value_and_grad(loss_fn, loss_scaler),
-            loss=backend.forward(lambda values: loss_fn(values)[0]),
-            hvp=lambda values, vectors: backend.hvp(
-                lambda v: loss_fn(v, training=False)[0], values, vectors
-            ),
-        )
+        # One perturbation for the global batch: the replicas' ascent
+        # gradients are averaged before they are used.
+        passes = make_passes(x, y, sample_weight, all_reduce=group_count == 1 and replicas > 1)
+        groups = None
+        if local_groups > 1:
+            groups = [
+                make_passes(*part, all_reduce=False)
+                for part in _split_batch((x, y, sample_weight), local_groups)
+            ]
         update = optimizer.compute_update(
-            passes, params, self.__dict__.get("_sam_variant", "default")
+            passes, params, self.__dict__.get("_sam_variant", "default"), groups
         )
-        y_pred, new_non_trainable, new_metrics_values = update.aux
+        if groups is not None:
+            aux = _merge_group_aux(update.aux, metrics_values)
+        else:
+            aux = update.aux
+        y_pred, new_non_trainable, new_metrics_values = aux
+        if replicas > 1:
+            # Skip on every replica if any one saw a non-finite value, and
+            # hand the inner optimizer this replica's share: it sums them.
+            finite = backend.all_reduce_mean(ops.cast(update.finite, "float32")) >= 1.0
+            update = dataclasses.replace(
+                update,
+                finite=finite,
+                direction=vectors.scale(update.direction, 1.0 / replicas),
+                extra_step=(
+                    None if update.extra_step is None
+                    else backend.all_reduce_mean(update.extra_step)
+                ),
+            )
         optimizer.apply_update(update, trainable_variables)
         if loss_scaler is not None:
             _update_loss_scale(loss_scaler, update.finite)
 
+        if replicas > 1:
+            # Each replica holds its own copy of BatchNorm's statistics
+            # (aggregation "none"): keep them equal, their replicas' mean.
+            new_non_trainable = [
+                backend.all_reduce_mean(v) if "float" in str(v.dtype) else v
+                for v in new_non_trainable
+            ]
         # Clean-pass statistics, kept only if the step is committed.
         for variable, new, old in zip(
             self.non_trainable_variables, new_non_trainable, non_trainable
@@ -271,9 +377,7 @@ class SharpnessAwareMixin:
             variable.assign(value)
 
         batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(update.loss), sample_weight=batch_size
-        )
+        self._loss_tracker.update_state(update.loss, sample_weight=batch_size)
         weight = ops.cast(update.finite, "float32")
         for tracker in self._diagnostic_trackers():
             if tracker.name not in update.diagnostics:

@@ -55,3 +55,23 @@ def test_gradient_accumulation_averages_micro_batch_sam_directions():
             params = sgd.step(params, [sum(ds) / 3 for ds in zip(*pending)])
             pending = []
     weights_close(model.get_weights(), params, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["SAM", "XSAM"])
+def test_accumulating_k_micro_batches_equals_k_perturbation_groups(method):
+    # k micro-batches accumulated = one batch k× as large cut into k
+    # perturbation groups: both ascend per micro-batch / group and average.
+    x, labels, weights = softmax_data()
+
+    def make(groups, accumulation):
+        inner = keras.optimizers.SGD(0.1, momentum=0.9,
+                                     gradient_accumulation_steps=accumulation)
+        if method == "XSAM":
+            return keras_sam.XSAM(inner, rho=0.3, alpha=0.4, steps=2, perturbation_groups=groups)
+        return keras_sam.SAM(inner, rho=0.3, perturbation_groups=groups)
+
+    accumulated, _ = fit_dense(make(1, 3), x, labels, weights, LOSS, NUM_CLASSES, 8)
+    grouped, _ = fit_dense(make(3, None), x, labels, weights, LOSS, NUM_CLASSES, 24)
+    weights_close(accumulated.get_weights(), grouped.get_weights(), atol=1e-6)
+    moved = max(np.abs(a - b).max() for a, b in zip(grouped.get_weights(), weights))
+    assert moved > 1e-2

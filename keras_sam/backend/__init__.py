@@ -10,11 +10,17 @@ module provides the same names:
 - `run_train_step(model, step_fn, args)`: runs a stateful step function as the
   trainer of this backend expects `train_step` to behave (JAX: pure function of
   its state).
-- `apply_if(pred, update_fn, variables)`: runs `update_fn` (which assigns to
-  `variables`) only where the scalar boolean `pred` is true, inside compiled
-  steps too.
+- `apply_if(pred, update_fn, args, variables)`: runs `update_fn(*args)`
+  (which assigns to `variables`) only where the scalar boolean `pred` is true,
+  inside compiled steps too; `pred` must be the same on every replica.
 - `hvp(fn, params, vectors) -> (grads, Hv)`: gradient and Hessian-vector
   product of a scalar function of a list of tensors.
+- `replicas_in_sync()`: how many replicas run this `train_step` side by side,
+  each on its share of the batch (TF `MirroredStrategy`); 1 where the step is
+  one program on global arrays (JAX `keras.distribution`) or one device.
+- `all_reduce_mean(values)`: mean over those replicas (identity at 1).
+- `data_parallel_size()`: the data-parallel replicas or devices of the
+  current distribution (`perturbation_groups="replica"`).
 """
 
 import importlib
@@ -29,8 +35,11 @@ if _name not in ("jax", "tensorflow", "torch"):
     )
 _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
+all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
+data_parallel_size = _impl.data_parallel_size
 forward = _impl.forward
 hvp = _impl.hvp
+replicas_in_sync = _impl.replicas_in_sync
 run_train_step = _impl.run_train_step
 value_and_grad = _impl.value_and_grad

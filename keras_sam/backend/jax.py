@@ -2,6 +2,7 @@
 wrapper around the step."""
 
 import jax
+import keras
 from keras import ops
 from keras.src.backend.common.stateless_scope import StatelessScope
 
@@ -51,11 +52,30 @@ def run_train_step(model, step_fn, args):
     return logs, new_state
 
 
-def apply_if(pred, update_fn, variables):
+def replicas_in_sync():
+    # Under `keras.distribution` the step is one program on global (sharded)
+    # arrays: every reduction is already global.
+    return 1
+
+
+def data_parallel_size():
+    """Devices the batch is sharded over by `keras.distribution`, else 1."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
+
+
+def all_reduce_mean(values):
+    return values
+
+
+def apply_if(pred, update_fn, args, variables):
     # Assignments inside a `lax.cond` branch would leak tracers out of the
     # stateless scope, so run the update and select old or new values after
     # (XLA turns this into an elementwise select on buffers it holds anyway).
     old = [v.value for v in variables]
-    update_fn()
+    update_fn(*args)
     for variable, old_value in zip(variables, old):
         variable.assign(ops.where(pred, variable.value, old_value))

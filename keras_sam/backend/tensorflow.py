@@ -72,6 +72,43 @@ def run_train_step(model, step_fn, args):
     return step_fn(data)
 
 
-def apply_if(pred, update_fn, variables):
-    del variables  # tf.cond runs the assignments of one branch only.
-    ops.cond(pred, update_fn, lambda: None)
+def replicas_in_sync():
+    """Replicas running this `train_step` side by side (tf.distribute), else 1.
+
+    Under `MirroredStrategy` the step runs once per replica on its share of
+    the global batch; the losses Keras computes there are scaled by
+    1/replicas and the optimizer sums the gradients it is given.
+    """
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def data_parallel_size():
+    """Replicas of the current `tf.distribute` strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def all_reduce_mean(values):
+    """The mean over replicas of a nested structure of tensors."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+
+
+def apply_if(pred, update_fn, args, variables):
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        # tf.cond runs the assignments of one branch only.
+        ops.cond(pred, lambda: update_fn(*args), lambda: None)
+        return
+    # Under tf.distribute the optimizer's update synchronises the replicas,
+    # which a replica's conditional does not allow; deciding in the
+    # cross-replica context (as LossScaleOptimizer does) breaks the order of
+    # collectives when the model has its own (synchronized BatchNorm). So
+    # update, then keep old or new values (`pred` is the same on every
+    # replica: the caller all-reduces it).
+    old = [tf.identity(v.value) for v in variables]
+    update_fn(*args)
+    for variable, old_value in zip(variables, old):
+        variable.assign(tf.where(pred, variable.value, old_value))

@@ -138,7 +138,20 @@ def run_train_step(model, step_fn, args):
         _randomness.end()
 
 
-def apply_if(pred, update_fn, variables):
+def replicas_in_sync():
+    return 1
+
+
+def data_parallel_size():
+    # Keras has no `keras.distribution` for torch: one process, one device.
+    return 1
+
+
+def all_reduce_mean(values):
+    return values
+
+
+def apply_if(pred, update_fn, args, variables):
     del variables
     if bool(pred):
-        update_fn()
+        update_fn(*args)

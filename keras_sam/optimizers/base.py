@@ -107,6 +107,13 @@ def _check_positive_number(name, value, allow_zero=False):
         raise ValueError(f"`{name}` must be finite and {bound}, received {value!r}.")
 
 
+def _sum_vectors(lists):
+    total = lists[0]
+    for xs in lists[1:]:
+        total = vectors.add(total, xs)
+    return total
+
+
 def _is_bias(variable):
     """Biases and normalization shifts (`bias`, `beta`): ASAM's T = 1 group."""
     name = variable.name.split("/")[-1]
@@ -145,6 +152,18 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         eigen_correction: a `keras_sam.EigenCorrection` (X-SAM, Duan et al.
             2026): damps the final direction's component along the Hessian's
             dominant eigenvector, refreshed every p steps. None for none.
+        perturbation_groups: m-sharpness (Foret et al. §4). `1` (default):
+            one perturbation from the gradient of the whole global batch —
+            under data parallelism the ascent gradients are averaged over the
+            replicas first, so the step equals one device on the global
+            batch. An integer G > 1: the global batch is cut into G equal
+            contiguous groups (m = batch size / G examples each), each
+            group ascends from its own gradient and its perturbed gradient
+            (its method direction) is averaged over the groups — the
+            original SAM's per-accelerator ascent, on one device as on
+            many. `"replica"`: one group per data-parallel replica (JAX
+            `keras.distribution.DataParallel` devices, `tf.distribute`
+            replicas; 1 on a single device). The batch must divide by G.
         diagnostics: log the cheap per-step diagnostics (sharpness
             `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
             averaged over the sharpness-aware steps of each epoch.
@@ -169,6 +188,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         start=0,
         every=1,
         eigen_correction=None,
+        perturbation_groups=1,
         diagnostics=True,
         name=None,
         **kwargs,
@@ -228,6 +248,15 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         if steps < 1:
             raise ValueError(f"`steps` must be >= 1, received {steps!r}.")
         _check_positive_number("eta", eta, allow_zero=True)
+        if perturbation_groups != "replica" and (
+            isinstance(perturbation_groups, bool)
+            or not isinstance(perturbation_groups, numbers.Integral)
+            or perturbation_groups < 1
+        ):
+            raise ValueError(
+                "`perturbation_groups` must be an integer >= 1 or 'replica', "
+                f"received {perturbation_groups!r}."
+            )
         if adaptive_variables not in ("weights", "all"):
             raise ValueError(
                 "`adaptive_variables` must be 'weights' (SamsungLabs ASAM) or "
@@ -247,6 +276,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.adaptive = bool(adaptive)
         self.eta = float(eta)
         self.adaptive_variables = adaptive_variables
+        self.perturbation_groups = (
+            perturbation_groups if perturbation_groups == "replica" else int(perturbation_groups)
+        )
         self.diagnostics = bool(diagnostics)
 
     # ------------------------------------------------------------------
@@ -431,13 +463,27 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             variant += "+refresh"
         return variant
 
-    def compute_update(self, passes, params, variant="default"):
+    def perturbation_group_count(self):
+        """The number of perturbation groups of the global batch (an int)."""
+        if self.perturbation_groups == "replica":
+            return backend.data_parallel_size()
+        return self.perturbation_groups
+
+    def compute_update(self, passes, params, variant="default", groups=None):
         """One sharpness-aware step's math, without touching any variable.
 
         Args:
-            passes: a `Passes` on the current mini-batch.
+            passes: a `Passes` on the current mini-batch (the replica's share
+                of it under `tf.distribute`).
             params: the current values of the trainable variables.
             variant: one of `step_variants()`, fixed when the step is traced.
+            groups: None, or one `Passes` per perturbation group of the
+                mini-batch (m-sharpness): each group ascends from its own
+                gradient and gets its own direction; the directions, clean
+                losses and diagnostics are averaged over the groups, and
+                `Update.aux` is the list of the groups' clean-pass aux. The
+                eigenvector of an `eigen_correction` is refreshed on the whole
+                mini-batch (`passes.hvp`) and corrects every group's direction.
         """
         if variant == "plain":  # the inner optimizer's own step
             (loss, aux), grads = passes.value_and_grad(params)
@@ -450,36 +496,75 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 state_updates=[],
             )
         method_variant = variant.split("+")[0]
-        ascent = self.ascend(passes.value_and_grad, params)
-        d, diagnostics, state_updates, *extra_step = self.direction(
-            ascent, params, passes, method_variant
-        )
-        checks = list(ascent.check_scalars)
-        if self.eigen_correction is not None:
-            d, more_diagnostics, more_updates, more_checks = self.eigen_correction.apply(
-                d, params, passes.hvp, refresh=variant.endswith("+refresh")
+        groups = list(groups) if groups else [passes]
+        ascents, directions, diagnostics, extra_steps = [], [], [], []
+        state_updates, checks = [], []
+        for group in groups:
+            ascent = self.ascend(group.value_and_grad, params)
+            d, group_diagnostics, group_updates, *extra_step = self.direction(
+                ascent, params, group, method_variant
             )
-            diagnostics = {**diagnostics, **more_diagnostics}
-            state_updates = state_updates + more_updates
+            if group_updates and len(groups) > 1:
+                raise ValueError(
+                    f"The {method_variant!r} step of {type(self).__name__} updates "
+                    "the optimizer's state from the step's own gradients, which "
+                    "differ between perturbation groups: use "
+                    "`perturbation_groups=1` with it (e.g. XSAM's α search; a "
+                    "fixed `alpha` works with groups)."
+                )
+            ascents.append(ascent)
+            directions.append(d)
+            diagnostics.append(dict(group_diagnostics))
+            extra_steps.append(extra_step[0] if extra_step else None)
+            state_updates += group_updates
+            checks += ascent.check_scalars
+        if self.eigen_correction is not None:
+            correction = self.eigen_correction
+            v, eigenvalue, ready, more_updates, more_checks = correction.estimate(
+                params, passes.hvp, refresh=variant.endswith("+refresh")
+            )
+            state_updates += more_updates
             checks += more_checks
+            for i, d in enumerate(directions):
+                directions[i], angle = correction.correct(d, v, ready)
+                diagnostics[i].update(eigen_angle=angle, eigenvalue=eigenvalue)
         if self.diagnostics:
-            diagnostics = {
-                "sharpness": ascent.loss - ascent.clean_loss,
-                "grad_cosine": vectors.cosine(
-                    ascent.clean_grads, ascent.grads, ys_norm=ascent.grads_norm
-                ),
-                **diagnostics,
-            }
+            for ascent, group_diagnostics in zip(ascents, diagnostics):
+                group_diagnostics.update(
+                    sharpness=ascent.loss - ascent.clean_loss,
+                    grad_cosine=vectors.cosine(
+                        ascent.clean_grads, ascent.grads, ys_norm=ascent.grads_norm
+                    ),
+                )
+            names = diagnostics[0]
         else:
-            diagnostics = {}
+            names = {}
+        if len(groups) == 1:
+            direction, loss, aux, extra_step = (
+                directions[0], ascents[0].clean_loss, ascents[0].clean_aux, extra_steps[0]
+            )
+            diagnostics = {name: diagnostics[0][name] for name in names}
+        else:
+            mean = 1.0 / len(groups)
+            direction = vectors.scale(_sum_vectors(directions), mean)
+            loss = sum(a.clean_loss for a in ascents) * mean
+            aux = [a.clean_aux for a in ascents]
+            extra_step = (
+                None if extra_steps[0] is None
+                else vectors.scale(_sum_vectors(extra_steps), mean)
+            )
+            diagnostics = {
+                name: sum(ops.cast(g[name], "float32") for g in diagnostics) * mean
+                for name in names
+            }
         return Update(
-            direction=d,
-            loss=ascent.clean_loss,
-            aux=ascent.clean_aux,
+            direction=direction,
+            loss=loss,
+            aux=aux,
             finite=vectors.all_finite(checks),
             diagnostics=diagnostics,
             state_updates=state_updates,
-            extra_step=extra_step[0] if extra_step else None,
+            extra_step=extra_step,
         )
 
     def apply_update(self, update, trainable_variables):
@@ -491,16 +576,28 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         """
         trainable_variables = list(trainable_variables)
 
-        def commit():
+        state_variables = [variable for variable, _ in update.state_updates]
+
+        # The step's tensors go in as arguments, not through the closure:
+        # under tf.distribute they are per-replica values (see apply_if).
+        def commit(direction, extra_step, state_values):
             learning_rate = self.inner_optimizer.learning_rate  # before it steps
-            self.inner_optimizer.apply(update.direction, trainable_variables)
-            if update.extra_step is not None:
-                for variable, delta in zip(trainable_variables, update.extra_step):
-                    variable.assign_sub(ops.cast(learning_rate, delta.dtype) * delta)
-            for variable, value in update.state_updates:
+            self.inner_optimizer.apply(direction, trainable_variables)
+            for variable, delta in zip(trainable_variables, extra_step):
+                variable.assign_sub(ops.cast(learning_rate, delta.dtype) * delta)
+            for variable, value in zip(state_variables, state_values):
                 variable.assign(value)
 
-        backend.apply_if(update.finite, commit, trainable_variables + self.variables)
+        backend.apply_if(
+            update.finite,
+            commit,
+            (
+                list(update.direction),
+                list(update.extra_step or []),
+                [value for _, value in update.state_updates],
+            ),
+            trainable_variables + self.variables,
+        )
         self.skipped_steps.assign_add(
             ops.cast(ops.logical_not(update.finite), "int32")
         )
@@ -522,6 +619,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             "eigen_correction": (
                 None if self.eigen_correction is None else self.eigen_correction.get_config()
             ),
+            "perturbation_groups": self.perturbation_groups,
             "diagnostics": self.diagnostics,
         }
 

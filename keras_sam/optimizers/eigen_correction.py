@@ -124,10 +124,11 @@ class EigenCorrection:
         angle = ops.arccos(ops.clip(c, -1.0, 1.0)) * (180.0 / math.pi)
         return d, angle
 
-    def apply(self, d, params, hvp, refresh):
-        """Corrects d; on a refresh step, first refreshes v at the clean θ.
+    def estimate(self, params, hvp, refresh):
+        """The eigenvector for this step; on a refresh step, refreshed at θ.
 
-        Returns (d, diagnostics, state_updates, check scalars).
+        Returns (v, eigenvalue, ready, state_updates, check scalars); `ready`
+        is false before the first refresh (d is then left as it is).
         """
         if refresh:
             v, eigenvalue, checks = self.power_iteration(hvp, params)
@@ -139,9 +140,7 @@ class EigenCorrection:
             eigenvalue = ops.convert_to_tensor(self.eigenvalue.value)
             ready = self.refreshes.value > 0
             state_updates, checks = [], []
-        d, angle = self.correct(d, v, ready)
-        diagnostics = {"eigen_angle": angle, "eigenvalue": eigenvalue}
-        return d, diagnostics, state_updates, checks
+        return v, eigenvalue, ready, state_updates, checks
 
     # -- serialization ---------------------------------------------------------
     def get_config(self):

@@ -27,6 +27,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_sam import backend
 from keras_sam import vectors
 from keras_sam.optimizers.base import SharpnessAwareOptimizer, _check_positive_number
 from keras_sam.vectors import EPS
@@ -63,6 +64,13 @@ def search_alpha(loss_at, grid_size, alpha_delta):
         return ops.where(better, loss, best_loss), ops.where(better, alpha, best_alpha)
 
     init = (ops.convert_to_tensor(-math.inf, "float32"), ops.convert_to_tensor(0.0, "float32"))
+    if backend.replicas_in_sync() > 1:
+        # tf.distribute: the probes all-reduce their losses, which a replica
+        # may not do inside a loop; unroll it.
+        state = init
+        for i in range(grid_size):
+            state = body(i, state)
+        return state[1]
     _, best_alpha = ops.fori_loop(0, grid_size, body, init)
     return best_alpha
 
