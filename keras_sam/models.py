@@ -106,35 +106,43 @@ def _update_loss_scale(loss_scaler, finite):
 
 
 def _split_batch(data, groups):
-    """`groups` equal contiguous parts of every array in `data` (x, y, sw)."""
+    """`groups` contiguous parts of every array in `data` (x, y, sw), and
+    each part's share of the batch.
+
+    Part i holds examples ⌊iB/G⌋ … ⌊(i+1)B/G⌋ − 1: equal parts when G divides
+    the batch size B, else sizes differing by one (a last, partial batch —
+    whose size a compiled step may not know while tracing).
+    """
     first = next(i for i in tree.flatten(data) if i is not None)
-    size = first.shape[0]
-    if size is not None and size % groups:
+    size = ops.shape(first)[0]
+    if isinstance(size, int) and size < groups:
         raise ValueError(
-            f"A batch of {size} examples does not split into {groups} equal "
-            "perturbation groups: choose a batch size divisible by the groups "
-            "(per replica), and drop the remainder of the data set "
-            "(`drop_remainder=True` in tf.data)."
+            f"A batch of {size} examples cannot make {groups} perturbation groups."
         )
-    n = ops.shape(first)[0] // groups
-    return [
-        tree.map_structure(lambda t, i=i: None if t is None else t[i * n:(i + 1) * n], data)
-        for i in range(groups)
+    bounds = [(i * size) // groups for i in range(groups + 1)]
+    parts = [
+        tree.map_structure(lambda t, a=a, b=b: None if t is None else t[a:b], data)
+        for a, b in zip(bounds[:-1], bounds[1:])
     ]
+    shares = [
+        ops.cast(b - a, "float32") / ops.cast(size, "float32")
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return parts, shares
 
 
-def _merge_group_aux(auxes, metrics_values):
+def _merge_group_aux(auxes, shares, metrics_values):
     """One clean-pass aux from the perturbation groups' ones.
 
     Predictions are concatenated; float non-trainable values (BatchNorm's
-    moving statistics) averaged, as `tf.distribute` averages replicas'; metric
-    states (the compiled loss' trackers) are sums of per-batch increments.
+    moving statistics) averaged with the groups' shares of the batch (as
+    replicas' are averaged under data parallelism); metric states (the
+    compiled loss' trackers) are sums of per-batch increments.
     """
     y_preds, non_trainables, metrics = zip(*auxes)
     y_pred = tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *y_preds)
-    mean = 1.0 / len(auxes)
     non_trainable = [
-        sum(values) * ops.cast(mean, values[0].dtype)
+        sum(v * ops.cast(w, v.dtype) for v, w in zip(values, shares))
         if "float" in str(values[0].dtype) else values[0]
         for values in zip(*non_trainables)
     ]
@@ -332,15 +340,16 @@ class SharpnessAwareMixin:
         passes = make_passes(x, y, sample_weight, all_reduce=group_count == 1 and replicas > 1)
         groups = None
         if local_groups > 1:
+            parts, shares = _split_batch((x, y, sample_weight), local_groups)
             groups = [
-                make_passes(*part, all_reduce=False)
-                for part in _split_batch((x, y, sample_weight), local_groups)
+                dataclasses.replace(make_passes(*part, all_reduce=False), share=share)
+                for part, share in zip(parts, shares)
             ]
         update = optimizer.compute_update(
             passes, params, self.__dict__.get("_sam_variant", "default"), groups
         )
         if groups is not None:
-            aux = _merge_group_aux(update.aux, metrics_values)
+            aux = _merge_group_aux(update.aux, shares, metrics_values)
         else:
             aux = update.aux
         y_pred, new_non_trainable, new_metrics_values = aux

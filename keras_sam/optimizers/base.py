@@ -82,6 +82,8 @@ class Passes:
     value_and_grad: object
     loss: object
     hvp: object = None
+    # A perturbation group's share of the mini-batch (its weight in the mean).
+    share: object = None
 
 
 @dataclasses.dataclass
@@ -163,7 +165,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             original SAM's per-accelerator ascent, on one device as on
             many. `"replica"`: one group per data-parallel replica (JAX
             `keras.distribution.DataParallel` devices, `tf.distribute`
-            replicas; 1 on a single device). The batch must divide by G.
+            replicas; 1 on a single device). A batch that G does not divide
+            (the last, partial one) gets groups of ⌊B/G⌋ and ⌈B/G⌉ examples,
+            weighted by their share of the batch.
         diagnostics: log the cheap per-step diagnostics (sharpness
             `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
             averaged over the sharpness-aware steps of each epoch.
@@ -481,7 +485,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 mini-batch (m-sharpness): each group ascends from its own
                 gradient and gets its own direction; the directions, clean
                 losses and diagnostics are averaged over the groups, and
-                `Update.aux` is the list of the groups' clean-pass aux. The
+                `Update.aux` is the list of the groups' clean-pass aux. Each
+                group's `Passes.share` of the batch weights the means (equal
+                weights where it is None). The
                 eigenvector of an `eigen_correction` is refreshed on the whole
                 mini-batch (`passes.hvp`) and corrects every group's direction.
         """
@@ -545,18 +551,21 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
             diagnostics = {name: diagnostics[0][name] for name in names}
         else:
-            mean = 1.0 / len(groups)
-            direction = vectors.scale(_sum_vectors(directions), mean)
-            loss = sum(a.clean_loss for a in ascents) * mean
+            shares = [
+                1.0 / len(groups) if group.share is None else group.share for group in groups
+            ]
+
+            def mean(values):
+                return sum(ops.cast(v, "float32") * w for v, w in zip(values, shares))
+
+            def mean_vectors(lists):
+                return _sum_vectors([vectors.scale(xs, w) for xs, w in zip(lists, shares)])
+
+            direction = mean_vectors(directions)
+            loss = mean([a.clean_loss for a in ascents])
             aux = [a.clean_aux for a in ascents]
-            extra_step = (
-                None if extra_steps[0] is None
-                else vectors.scale(_sum_vectors(extra_steps), mean)
-            )
-            diagnostics = {
-                name: sum(ops.cast(g[name], "float32") for g in diagnostics) * mean
-                for name in names
-            }
+            extra_step = None if extra_steps[0] is None else mean_vectors(extra_steps)
+            diagnostics = {name: mean([g[name] for g in diagnostics]) for name in names}
         return Update(
             direction=direction,
             loss=loss,
