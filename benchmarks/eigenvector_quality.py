@@ -14,7 +14,7 @@ measures how close each estimate stays to a converged eigenvector.
 
 Setup: CIFAR-10 (a subset of `cifar10_train_part1.npz` from `--data-dir`,
 scaled to [0, 1] and normalised with the usual mean/std), the small
-Conv-BN-ReLU CNN of `benchmarks/step_time.py` (~67k parameters), batch 128
+Conv-BN-ReLU CNN of `benchmarks/common.py` (~67k parameters), batch 128
 (`--quick`: 32), SGD(0.05, momentum 0.9) inside every sharpness-aware
 optimizer. Every
 configuration starts from the same initial weights and sees the same data in
@@ -69,14 +69,10 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
+from common import BACKENDS, DEFAULT_DATA_DIR, IMAGE_SHAPE, REPO, build_cnn, normalize  # noqa: E402
+
 DATA_FILE = "cifar10_train_part1.npz"
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
-NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)
-BACKENDS = ("jax", "tensorflow", "torch")
 
 FULL = dict(train_size=2048, batch_size=128, epochs=5, probe_size=256, measure_every=7,
             noise_floor_every=3, periods="1,2,5", max_iterations=100)
@@ -152,9 +148,7 @@ def load_data(args):
         sys.exit(f"error: --train-size {args.train_size} is smaller than one batch.")
     rng = np.random.default_rng(args.seed)
     index = np.sort(rng.choice(len(x), size=n, replace=False))
-    x = (x[index].astype("float32") / 255.0 - np.asarray(MEAN, "float32")) / np.asarray(
-        STD, "float32"
-    )
+    x = normalize(x[index])
     y = y[index].astype("int32")
     probe = rng.choice(n, size=min(args.probe_size, n), replace=False)
     # One fixed permutation per epoch, shared by every configuration.
@@ -163,35 +157,6 @@ def load_data(args):
 
 
 # -- model and optimizers ---------------------------------------------------------
-def build_cnn(keras):
-    """Conv32-BN-ReLU ×2, pool, Conv64-BN-ReLU, pool, Conv64-BN-ReLU, GAP,
-    Dense 10 (~67k parameters): the CNN of benchmarks/step_time.py, copied so
-    that this script does not depend on that one's internals."""
-    layers = keras.layers
-
-    def conv_bn_relu(filters):
-        return [
-            layers.Conv2D(filters, 3, padding="same", use_bias=False),
-            layers.BatchNormalization(),
-            layers.ReLU(),
-        ]
-
-    return keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE),
-            *conv_bn_relu(32),
-            *conv_bn_relu(32),
-            layers.MaxPooling2D(),
-            *conv_bn_relu(64),
-            layers.MaxPooling2D(),
-            *conv_bn_relu(64),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(NUM_CLASSES),
-        ],
-        name="cnn",
-    )
-
-
 def configurations(periods):
     """[(label, p, q, factory(inner) -> optimizer)]."""
     import keras_sam

@@ -3,7 +3,7 @@
     python benchmarks/hvp_time.py                    # all backends (~2 min)
     python benchmarks/hvp_time.py --backends jax --repeats 30
 
-The model is the small CIFAR-style CNN of `step_time.py` (Conv-BN-ReLU ×4,
+The model is the small CIFAR-style CNN of `common.py` (Conv-BN-ReLU ×4,
 ~67k parameters), batch 128 of 32×32×3 inputs, inference mode (as
 `keras_sam.hessian` uses by default). Timed on one fixed batch, after warm-up,
 the variants interleaved in rounds; reported: median ms per call and the ratio
@@ -34,33 +34,11 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
+from common import build_cnn  # noqa: E402
+
 BACKENDS = ("tensorflow", "jax", "torch")
 MARKER = "@@HVP_TIME_JSON@@"
-
-
-def build_cnn(keras):
-    layers = keras.layers
-
-    def conv_bn_relu(filters):
-        return [
-            layers.Conv2D(filters, 3, padding="same", use_bias=False),
-            layers.BatchNormalization(),
-            layers.ReLU(),
-        ]
-
-    return keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            *conv_bn_relu(32),
-            *conv_bn_relu(32),
-            layers.MaxPooling2D(),
-            *conv_bn_relu(64),
-            layers.MaxPooling2D(),
-            *conv_bn_relu(64),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(10),
-        ]
-    )
 
 
 def _ready(tree_of_tensors):

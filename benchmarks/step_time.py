@@ -89,6 +89,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
+from common import IMAGE_SHAPE, NUM_CLASSES, build_cnn  # noqa: E402
+
 BACKENDS = ("tensorflow", "jax", "torch")
 # The jit settings timed on each backend: one table row each.
 JIT_MODES = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}
@@ -101,8 +104,6 @@ JIT_LABELS = {
 BASELINE = "inner"
 MARKER = "@@STEP_TIME_JSON@@"
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)
 
 
 # ----------------------------------------------------------------------------
@@ -222,34 +223,6 @@ MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_=4294967296", "MALLOC_TRIM_THRESHOLD_=68719
 # ----------------------------------------------------------------------------
 # Child: one backend, fixed by KERAS_BACKEND before Keras is imported.
 # ----------------------------------------------------------------------------
-def build_cnn(keras):
-    """Conv32-BN-ReLU, Conv32-BN-ReLU, pool, Conv64-BN-ReLU, pool,
-    Conv64-BN-ReLU, global average pool, Dense 10: ~67k parameters."""
-    layers = keras.layers
-
-    def conv_bn_relu(filters):
-        return [
-            layers.Conv2D(filters, 3, padding="same", use_bias=False),
-            layers.BatchNormalization(),
-            layers.ReLU(),
-        ]
-
-    return keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE),
-            *conv_bn_relu(32),
-            *conv_bn_relu(32),
-            layers.MaxPooling2D(),
-            *conv_bn_relu(64),
-            layers.MaxPooling2D(),
-            *conv_bn_relu(64),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(NUM_CLASSES),
-        ],
-        name="cnn",
-    )
-
-
 def he_uniform(rng, shape):
     fan_in = 1
     for size in shape[:-1]:

@@ -1,0 +1,104 @@
+"""The --quick modes of benchmarks/generalization.py and benchmarks/sharpness.py, end to end.
+
+Each runs in a subprocess with KERAS_BACKEND=jax (the benchmarks start their
+own processes), so these tests run once in the three-backend suite: on the jax
+pass; skipped on the others. Skipped too without the local CIFAR-10 copy
+(../shared/data next to the repository). The PNG checks need matplotlib (the
+`benchmarks` extra).
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT.parent / "shared" / "data"
+DATA_FILES = ("cifar10_train_part1.npz", "cifar10_test.npz")
+
+pytestmark = [
+    pytest.mark.skipif(keras.backend.backend() != "jax",
+                       reason="runs once, in the jax pass (the benchmarks start their own processes)"),
+    pytest.mark.skipif(not all((DATA_DIR / f).is_file() for f in DATA_FILES),
+                       reason=f"CIFAR-10 .npz files not in {DATA_DIR}"),
+]
+
+
+def run_benchmark(script, *args, timeout=120):
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def table_rows(text, first_cell):
+    """Cells of the markdown table rows whose first cell is `first_cell`."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+def test_generalization_quick(tmp_path):
+    results = tmp_path / "runs.jsonl"
+    out = run_benchmark("generalization.py", "--results", str(results))
+    # One row per quick method, with a finite test accuracy in (0, 100] %.
+    for label in ("SGD", "SAM"):
+        (row,) = table_rows(out, label)
+        accuracy = float(row[3].split("±")[0])
+        assert 0.0 < accuracy <= 100.0 and math.isfinite(accuracy), row
+        assert math.isfinite(float(row[4].split("±")[0]))  # test loss
+        train_accuracy = float(row[5].split("±")[0])
+        assert 0.0 <= train_accuracy <= 100.0, row
+        assert row[2] == "1"  # one seed
+    # The issue's comparisons: a verdict where both sides ran.
+    (row,) = table_rows(out, "SGD < SAM")
+    assert row[1] in ("yes", "no") and re.match(r"[+-]\d+\.\d\d$", row[2]), row
+    for claim in ("SAM < XSAM", "SAM < X-SAM"):
+        (row,) = table_rows(out, claim)
+        assert row[1] == "not measured"  # not among the quick methods
+    # The results file: one JSON line per run; --report rebuilds the same table.
+    assert len(results.read_text().splitlines()) == 2
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "generalization.py"), "--report", str(results)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert table_rows(report, "SAM") == table_rows(out, "SAM")
+
+
+def test_sharpness_quick(tmp_path):
+    out = run_benchmark("sharpness.py", "--out-dir", str(tmp_path))
+    # (a) Training loss and λ_max before training (epoch 0) and after each of the
+    # 2 epochs, for the quick runs SAM and XSAM.
+    assert "| epoch | SAM train loss | SAM λ_max | XSAM train loss | XSAM λ_max |" in out
+    for epoch in ("0", "1", "2"):
+        row = table_rows(out, epoch)[0]
+        values = [float(c) for c in row[1:]]
+        assert len(values) == 4 and all(math.isfinite(v) for v in values), row
+        assert values[0] > 0 and values[2] > 0, row  # the training losses
+    # (b) SAM's angle samples: 250 images / batch 32 = 7 steps per epoch, one every 2 steps.
+    (summary,) = [r for r in table_rows(out, "7") if len(r) == 8]
+    assert 0.0 <= float(summary[1]) <= 180.0 and 0.0 <= float(summary[5]) <= 1.0
+    # (c) α* per epoch, on XSAM's grid 0, 0.1, ..., 2.
+    alpha_rows = [r for r in table_rows(out, "1") + table_rows(out, "2") if len(r) == 4]
+    assert len(alpha_rows) == 2
+    for row in alpha_rows:
+        alpha = float(row[1])
+        assert 0.0 <= alpha <= 2.0 and abs(alpha * 10 - round(alpha * 10)) < 1e-6, row
+
+    pytest.importorskip("matplotlib")
+    for name in ("sharpness_lambda_max.png", "sharpness_angle_histogram.png",
+                 "sharpness_xsam_alpha.png"):
+        path = tmp_path / name
+        assert path.is_file() and path.stat().st_size > 1000, name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
