@@ -4,6 +4,7 @@ angle, XSAM's α* (PNG plots and the numbers behind them).
     python benchmarks/sharpness.py > sharpness.md          # full run (~25 min, one thread)
     python benchmarks/sharpness.py --quick                  # smoke run (< 60 s), PNGs in a temp dir
     python benchmarks/sharpness.py --out-dir docs/figures --methods sgd,sam --epochs 30
+    python benchmarks/sharpness.py --replot benchmarks/results/sharpness.json   # PNGs only
 
 Training: the protocol of `benchmarks/generalization.py` (`common.SUBSET_PROTOCOL`):
 `common.build_vgg_style_cnn` on the fixed class-balanced CIFAR-10 subset of
@@ -112,6 +113,8 @@ def parse_args(argv=None):
                              "temporary folder)")
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replot", default=None, metavar="JSON",
+                        help="only redraw the PNGs from the --json file of an earlier run")
     for name, help_text in (
         ("train_size", "training images, balanced over classes"),
         ("epochs", "epochs per run"),
@@ -376,6 +379,7 @@ def make_plots(runs, angles, out_dir):
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -395,6 +399,10 @@ def make_plots(runs, angles, out_dir):
     left.set_ylabel("λ_max (probe batch, inference mode)")
     left.set_title("Top Hessian eigenvalue during training")
     right.set_xscale("log")
+    # Plain numbers at a few losses; log-scale minor labels would overlap.
+    right.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.1, 0.2, 0.5, 1, 2, 5]))
+    right.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.invert_xaxis()
     right.set_xlabel("training loss (cross-entropy, log scale, decreasing →)")
     right.set_ylabel("λ_max")
@@ -455,8 +463,22 @@ def alpha_plot(plt, run, out_dir):
     return path
 
 
+def replot(path, out_dir):
+    """Redraws the PNGs from a `--json` file of an earlier run (no training)."""
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    by_method = {r["method"]: r for r in runs}
+    angles = (angle_table(by_method[ANGLE_METHOD]["angles"])[1]
+              if ANGLE_METHOD in by_method else [])
+    for p in make_plots(runs, angles, out_dir):
+        print(p)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.out_dir or DEFAULT_OUT_DIR)
     common.require_files(args.data_dir, (common.TRAIN_FILES[0], common.TEST_FILE))
     command = "python " + " ".join(
         shlex.quote(a) for a in
