@@ -1,0 +1,63 @@
+"""Smoke runs of the timing benchmarks (step_time, hvp_time) and of
+eigenvector_quality on the current backend: they run and print real rows.
+
+The numbers are not checked (timing belongs in the benchmarks, not in tests);
+only that each script completes and reports finite, positive figures.
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = keras.backend.backend()
+DATA_DIR = ROOT.parent / "shared" / "data"
+
+
+def run(script, *args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def numbers(row):
+    return [float(x) for x in re.findall(r"(?<![\w.])(\d+\.\d+)(?=×| |$)", row)]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="one backend's pass is enough for a smoke run")
+def test_step_time_quick_core_suite_reports_sam_over_inner():
+    out = run("step_time.py", "--quick", "--suite", "core", "--backends", "jax", "--threads", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| jax")]
+    assert rows, out
+    values = numbers(rows[0])
+    assert values and all(math.isfinite(v) and v > 0 for v in values), rows[0]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="one backend's pass is enough for a smoke run")
+def test_hvp_time_reports_hvp_over_gradient():
+    out = run("hvp_time.py", "--repeats", "2", "--batch-size", "16", "--threads", "1",
+              "--backends", "jax")
+    # Lines such as "    hvp             84.5 ms   2.80x grad".
+    rows = dict(re.findall(r"^\s+(grad|hvp)\s+([\d.]+) ms", out, flags=re.M))
+    assert set(rows) == {"grad", "hvp"}, out
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in rows.values()), out
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="one backend's pass is enough for a smoke run")
+@pytest.mark.skipif(not (DATA_DIR / "cifar10_train_part1.npz").is_file(),
+                    reason=f"CIFAR-10 not in {DATA_DIR}")
+def test_eigenvector_quality_quick_reports_cosines():
+    out = run("eigenvector_quality.py", "--quick", "--backend", "jax")
+    rows = [line for line in out.splitlines() if line.startswith("| amortized p=5")]
+    assert rows, out
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    mean_cos = float(cells[3])
+    assert 0.0 <= mean_cos <= 1.0, rows[0]
