@@ -47,6 +47,11 @@ SUBSET_PROTOCOL = dict(train_size=2000, test_size=10_000, epochs=16, batch_size=
 
 
 # -- model ------------------------------------------------------------------------------
+def log(message):
+    """Progress on stderr (stdout carries the markdown report)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def build_cnn(keras, l2=0.0, name="cnn"):
     """Conv32-BN-ReLU, Conv32-BN-ReLU, pool, Conv64-BN-ReLU, pool,
     Conv64-BN-ReLU, global average pool, Dense 10 (logits): 66,794

@@ -70,7 +70,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-from common import BACKENDS, DEFAULT_DATA_DIR, IMAGE_SHAPE, REPO, build_cnn, normalize  # noqa: E402
+from common import BACKENDS, DEFAULT_DATA_DIR, IMAGE_SHAPE, REPO, build_cnn, log, normalize  # noqa: E402
 
 DATA_FILE = "cifar10_train_part1.npz"
 
@@ -117,10 +117,6 @@ def parse_args(argv=None):
     if args.measure_every < 1 or args.batch_size < 1 or args.epochs < 1:
         parser.error("--measure-every, --batch-size and --epochs must be >= 1")
     return args
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- data ---------------------------------------------------------------------------

@@ -117,8 +117,7 @@ def run_cost(method, steps):
     return COST[method] + (steps - 1)
 
 
-def log(message):
-    print(message, file=sys.stderr, flush=True)
+log = common.log
 
 
 def parse_args(argv=None):

@@ -90,8 +90,7 @@ QUICK = dict(train_size=256, test_size=10_000, epochs=2, batch_size=32, lr=0.05,
              angle_every=2, angle_iterations=3, methods="sam,xsam")
 
 
-def log(message):
-    print(message, file=sys.stderr, flush=True)
+log = common.log
 
 
 def parse_args(argv=None):

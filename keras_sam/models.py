@@ -143,7 +143,7 @@ def _merge_group_aux(auxes, shares, metrics_values):
     y_pred = tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *y_preds)
     non_trainable = [
         sum(v * ops.cast(w, v.dtype) for v, w in zip(values, shares))
-        if "float" in str(values[0].dtype) else values[0]
+        if keras.backend.is_float_dtype(values[0].dtype) else values[0]
         for values in zip(*non_trainables)
     ]
     metrics_values = [
@@ -374,7 +374,7 @@ class SharpnessAwareMixin:
             # Each replica holds its own copy of BatchNorm's statistics
             # (aggregation "none"): keep them equal, their replicas' mean.
             new_non_trainable = [
-                backend.all_reduce_mean(v) if "float" in str(v.dtype) else v
+                backend.all_reduce_mean(v) if keras.backend.is_float_dtype(v.dtype) else v
                 for v in new_non_trainable
             ]
         # Clean-pass statistics, kept only if the step is committed.
