@@ -127,15 +127,18 @@ def _method(class_name, **kwargs):
     return factory
 
 
-def _amortized_x_sam(every):
-    """SAM with X-SAM's correction, one warm-started power iteration per refresh."""
+def _amortized_x_sam(every, iterations=1):
+    """SAM with X-SAM's correction, `iterations` warm-started power iterations
+    per refresh after `amortized()`'s warm-up (one extra first refresh)."""
 
     def factory(inner):
         import keras_sam
 
-        return keras_sam.SAM(
-            inner, rho=0.05, eigen_correction=keras_sam.EigenCorrection.amortized(every=every)
+        # = EigenCorrection.amortized(every=every) when iterations == 1.
+        correction = keras_sam.EigenCorrection(
+            every=every, power_iterations=iterations, warmup_iterations=10
         )
+        return keras_sam.SAM(inner, rho=0.05, eigen_correction=correction)
 
     return factory
 
@@ -154,6 +157,7 @@ VARIANTS = {
     "X-SAM": _method("EigenCorrectedSAM", refresh_every=5, power_iterations=5),
     "X-SAM amortized p=5": _amortized_x_sam(5),
     "X-SAM amortized p=10": _amortized_x_sam(10),
+    "X-SAM amortized p=10 q=2": _amortized_x_sam(10, iterations=2),
     "SAM every=2": _method("SAM", rho=0.05, every=2),
     "SAM every=5": _method("SAM", rho=0.05, every=5),
     # --quick's periodic smoke test: cycles of a few steps.
@@ -196,6 +200,7 @@ PERIODIC = {
     "X-SAM": Periodic(5, "refresh", "SAM"),
     "X-SAM amortized p=5": Periodic(5, "refresh", "SAM", 1.15),
     "X-SAM amortized p=10": Periodic(10, "refresh", "SAM", 1.15),
+    "X-SAM amortized p=10 q=2": Periodic(10, "refresh", "SAM", 1.15),
     # One SAM step (2 passes) and k - 1 inner steps: (1 + 1/k) × inner, +5 %.
     "SAM every=2": Periodic(2, "sam", BASELINE, round((1 + 1 / 2) * 1.05, 3)),
     "SAM every=5": Periodic(5, "sam", BASELINE, round((1 + 1 / 5) * 1.05, 3)),

@@ -46,11 +46,15 @@ class _TrainingClock(keras.callbacks.Callback):
         self.sam_steps = 0  # sharpness-aware (not "plain") steps
         self.epoch_sam_steps = 0
         self.total_steps = None  # of the current `fit`, when known
+        self.eigen_refreshes = 0  # X-SAM's eigenvector refreshes so far
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.sharpness_aware_optimizer
         if optimizer is not None and optimizer.built:
             self.step = int(ops.convert_to_numpy(optimizer.iterations))
+            if optimizer.eigen_correction is not None:
+                refreshes = optimizer.eigen_correction.refreshes
+                self.eigen_refreshes = int(ops.convert_to_numpy(refreshes))
         params = self.params or {}
         epochs, steps = params.get("epochs"), params.get("steps")
         self.total_steps = epochs * steps if epochs and steps else None
@@ -64,6 +68,8 @@ class _TrainingClock(keras.callbacks.Callback):
         if variant != "plain":
             self.sam_steps += 1
             self.epoch_sam_steps += 1
+        if variant.endswith(("+refresh", "+warmup")):
+            self.eigen_refreshes += 1
 
 
 def _unscaled_value_and_grad(loss_fn, loss_scaler):

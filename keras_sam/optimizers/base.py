@@ -441,7 +441,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def step_variants(self):
         variants = self.method_variants()
         if self.eigen_correction is not None:
-            variants = variants + tuple(v + "+refresh" for v in variants)
+            variants = variants + tuple(
+                v + suffix for suffix in self.eigen_correction.variants() for v in variants
+            )
         plain = ("plain",) if self.start or self.every > 1 else ()
         return variants + plain
 
@@ -463,8 +465,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             if step < 0 or step % self.every:
                 return "plain"
         variant = self.select_method_variant(clock)
-        if self.eigen_correction is not None and self.eigen_correction.refresh_due(clock):
-            variant += "+refresh"
+        if self.eigen_correction is not None:
+            variant += self.eigen_correction.refresh_variant(clock)
         return variant
 
     def perturbation_group_count(self):
@@ -527,7 +529,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         if self.eigen_correction is not None:
             correction = self.eigen_correction
             v, eigenvalue, ready, more_updates, more_checks = correction.estimate(
-                params, passes.hvp, refresh=variant.endswith("+refresh")
+                params, passes.hvp, refresh=variant[len(method_variant):] or False
             )
             state_updates += more_updates
             checks += more_checks

@@ -20,10 +20,13 @@ Then, with g_1 the final perturbed gradient of the method it corrects
 d is not renormalised; before the first refresh d = g_1. Defaults α = 0.2,
 p = 5, q = 5 (official code; its README uses p = 3).
 
-Cost: a refresh is q Hessian-vector products (each about 1.4–2 gradients).
-`EigenCorrection.amortized()` keeps one warm-started power iteration per
-refresh: the estimate converges across refreshes while the eigenvector drifts
-slowly, at a fraction of the cost (see benchmarks/step_time.py).
+Cost: a refresh is q Hessian-vector products (each 2–3 gradients on CPU,
+benchmarks/hvp_time.py). `EigenCorrection.amortized()` keeps one warm-started
+power iteration per refresh (q = 1): the estimate converges across refreshes
+while the eigenvector drifts slowly, at a fraction of the cost. Its first
+refresh (from the Gaussian start, which one iteration cannot bring near the
+eigenvector) runs `warmup_iterations` = 10 iterations, once per run
+(benchmarks/step_time.py, benchmarks/eigenvector_quality.py).
 """
 
 import math
@@ -51,12 +54,19 @@ class EigenCorrection:
         power_iterations: q, warm-started power iterations per refresh. 5.
         rule: "signed" (official code) or "symmetric" (the paper's theorem).
         seed: seed of the Gaussian first estimate.
+        warmup_iterations: power iterations of the first refresh, the one
+            that starts from the Gaussian (None: `power_iterations`, as the
+            official code).
     """
 
-    def __init__(self, alpha=0.2, every=5, power_iterations=5, rule="signed", seed=0):
+    def __init__(self, alpha=0.2, every=5, power_iterations=5, rule="signed", seed=0,
+                 warmup_iterations=None):
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
             raise ValueError(f"`alpha` must be a finite number, received {alpha!r}.")
-        for name, value in (("every", every), ("power_iterations", power_iterations)):
+        if warmup_iterations is None:
+            warmup_iterations = power_iterations
+        for name, value in (("every", every), ("power_iterations", power_iterations),
+                            ("warmup_iterations", warmup_iterations)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, received {value!r}.")
         if rule not in RULES:
@@ -68,11 +78,14 @@ class EigenCorrection:
         self.power_iterations = int(power_iterations)
         self.rule = rule
         self.seed = int(seed)
+        self.warmup_iterations = int(warmup_iterations)
 
     @classmethod
-    def amortized(cls, alpha=0.2, every=5, rule="signed", seed=0):
-        """One warm-started power iteration per refresh (q = 1)."""
-        return cls(alpha=alpha, every=every, power_iterations=1, rule=rule, seed=seed)
+    def amortized(cls, alpha=0.2, every=5, rule="signed", seed=0, warmup_iterations=10):
+        """One warm-started power iteration per refresh (q = 1), after a first
+        refresh of `warmup_iterations` from the Gaussian start."""
+        return cls(alpha=alpha, every=every, power_iterations=1, rule=rule, seed=seed,
+                   warmup_iterations=warmup_iterations)
 
     # -- state -------------------------------------------------------------------
     def build(self, optimizer, var_list):
@@ -97,15 +110,32 @@ class EigenCorrection:
             shape=(), dtype="int32", initializer="zeros", aggregation="none", name="eigen_refreshes"
         )
 
-    def refresh_due(self, clock):
-        return clock.epoch_sam_steps > 0 and clock.epoch_sam_steps % self.every == 0
+    # -- schedule (host side: each kind of step is its own compiled variant) ------
+    def variants(self):
+        """Suffixes of the step variants that refresh the estimate."""
+        if self.warmup_iterations != self.power_iterations:
+            return ("+refresh", "+warmup")
+        return ("+refresh",)
+
+    def refresh_variant(self, clock):
+        """"+refresh", "+warmup" (the first refresh) or "" for the next step.
+
+        `clock.eigen_refreshes` counts the refreshes done: read from the
+        optimizer when `fit` begins, counted on the host during it.
+        """
+        if clock.epoch_sam_steps == 0 or clock.epoch_sam_steps % self.every:
+            return ""
+        if clock.eigen_refreshes == 0 and "+warmup" in self.variants():
+            return "+warmup"
+        return "+refresh"
 
     # -- math --------------------------------------------------------------------
-    def power_iteration(self, hvp, params):
-        """q warm-started power iterations; returns (v, λ, check scalars)."""
+    def power_iteration(self, hvp, params, iterations=None):
+        """Warm-started power iterations (q by default); returns (v, λ, check
+        scalars)."""
         v = [ops.convert_to_tensor(e.value) for e in self.eigenvector]
         eigenvalue, checks = None, []
-        for _ in range(self.power_iterations):
+        for _ in range(self.power_iterations if iterations is None else iterations):
             _, hv = hvp(params, v)
             eigenvalue = vectors.dot(v, hv)  # Rayleigh quotient, ‖v‖ = 1
             hv_norm = vectors.norm(hv)
@@ -127,11 +157,14 @@ class EigenCorrection:
     def estimate(self, params, hvp, refresh):
         """The eigenvector for this step; on a refresh step, refreshed at θ.
 
-        Returns (v, eigenvalue, ready, state_updates, check scalars); `ready`
-        is false before the first refresh (d is then left as it is).
+        `refresh` is False, True / "+refresh" (q iterations) or "+warmup"
+        (`warmup_iterations`). Returns (v, eigenvalue, ready, state_updates,
+        check scalars); `ready` is false before the first refresh (d is then
+        left as it is).
         """
         if refresh:
-            v, eigenvalue, checks = self.power_iteration(hvp, params)
+            iterations = self.warmup_iterations if refresh == "+warmup" else None
+            v, eigenvalue, checks = self.power_iteration(hvp, params, iterations)
             ready = ops.convert_to_tensor(True)
             state_updates = [(e, value) for e, value in zip(self.eigenvector, v)]
             state_updates += [(self.eigenvalue, eigenvalue), (self.refreshes, self.refreshes + 1)]
@@ -150,6 +183,7 @@ class EigenCorrection:
             "power_iterations": self.power_iterations,
             "rule": self.rule,
             "seed": self.seed,
+            "warmup_iterations": self.warmup_iterations,
         }
 
     @classmethod

@@ -45,7 +45,11 @@ def test_before_the_first_refresh_d_is_the_perturbed_gradient():
     weights_close(to_numpy(d), g, atol=0)
 
 
-def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, iterations, rule):
+def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, iterations, rule,
+                   warmups=(), start_refresh=0):
+    """`warmups`: indices of the refreshes (counted from `start_refresh`) that
+    run `warmups`' iteration count instead: {index: iterations}."""
+    warmups = dict(warmups)
     params = [w.astype("float64") for w in weights]
     optimizer = reference.SGDMomentum(0.1, 0.9)
     v = reference.gaussian_unit_vector([w.shape for w in weights], seed=0)
@@ -54,7 +58,8 @@ def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, i
         for j, (xb, yb) in enumerate(batches(x.astype("float64"), targets.astype("float64"), batch_size)):
             problem = reference.linear_regression(xb, yb)
             if j % every == 0 and j > 0:
-                v, _ = reference.power_iteration(reference.linear_regression_hessian_times(xb), v, iterations)
+                n = warmups.get(refreshes + start_refresh, iterations)
+                v, _ = reference.power_iteration(reference.linear_regression_hessian_times(xb), v, n)
                 refreshed, refreshes = True, refreshes + 1
             g1 = reference.sam_direction(problem, params, rho=rho)
             d = reference.eigen_corrected(g1, v, alpha, rule) if refreshed else g1
@@ -77,6 +82,38 @@ def test_eigen_corrected_sam_matches_numpy(rule, jit_compile):
     # Refreshed exactly at steps 2 of each epoch (j % 2 == 0, j > 0): twice.
     assert refreshes == 2
     assert int(model.optimizer.eigen_correction.refreshes.numpy()) == 2
+
+
+@pytest.mark.parametrize("jit_compile", jit_modes())
+def test_amortized_warms_up_on_the_first_refresh_only(jit_compile):
+    x, targets, weights = regression_data(n=60)  # 6 steps an epoch: refreshes at j = 2, 4
+    correction = keras_sam.EigenCorrection.amortized(alpha=0.5, every=2, warmup_iterations=8)
+    model, _ = fit_dense(keras_sam.SAM(sgd(), rho=0.2, eigen_correction=correction),
+                         x, targets, weights, "mse", 1, 10, epochs=2, jit_compile=jit_compile)
+    kwargs = dict(rho=0.2, alpha=0.5, every=2, iterations=1, rule="signed")
+    want, refreshes = reference_xsam(x, targets, weights, 2, 10, warmups={0: 8}, **kwargs)
+    weights_close(model.get_weights(), want, atol=1e-5)
+    assert refreshes == 4 and int(model.optimizer.eigen_correction.refreshes.numpy()) == 4
+    # The warm-up changes the run: without it (or repeated) the weights differ.
+    for other in ({}, {0: 8, 1: 8}):
+        unwanted, _ = reference_xsam(x, targets, weights, 2, 10, warmups=other, **kwargs)
+        assert max(np.abs(a - b).max() for a, b in zip(want, unwanted)) > 1e-3
+
+
+def test_warm_up_is_not_repeated_after_save_and_load(tmp_path):
+    x, targets, weights = regression_data(n=60)
+    correction = keras_sam.EigenCorrection.amortized(alpha=0.5, every=2, warmup_iterations=8)
+    model, _ = fit_dense(keras_sam.SAM(sgd(), rho=0.2, eigen_correction=correction),
+                         x, targets, weights, "mse", 1, 10, epochs=1)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.eigen_correction.warmup_iterations == 8
+    loaded.fit(x, targets, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    # A fresh process reads the refresh count from the optimizer's variables.
+    want, _ = reference_xsam(x, targets, weights, 2, 10, rho=0.2, alpha=0.5, every=2,
+                             iterations=1, rule="signed", warmups={0: 8})
+    weights_close(loaded.get_weights(), want, atol=1e-5)
 
 
 def test_refresh_happens_exactly_every_p_steps():
@@ -149,7 +186,7 @@ def test_each_optimizer_owns_its_eigenvector():
 
 @pytest.mark.parametrize("kwargs, argument", [
     ({"alpha": float("nan")}, "alpha"), ({"every": 0}, "every"),
-    ({"power_iterations": 0}, "power_iterations"), ({"rule": "oja"}, "rule"), ({"seed": 1.5}, "seed"),
+    ({"power_iterations": 0}, "power_iterations"), ({"warmup_iterations": 0}, "warmup_iterations"), ({"rule": "oja"}, "rule"), ({"seed": 1.5}, "seed"),
 ])
 def test_bad_hyperparameters_raise_naming_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
