@@ -85,3 +85,33 @@ def test_peers_quick():
     assert sizes[1] > 0, row  # the SAM step allocates something
     for cell in row[5:7]:
         assert math.isfinite(float(cell.rstrip("×"))), row
+
+
+def test_profile_peers_quick():
+    """`benchmarks/profile_peers.py --quick --skip-memory`: the torch time profile."""
+    if BACKEND != "torch":
+        pytest.skip("profile_peers.py profiles the torch step")
+    pytest.importorskip("pytorch_optimizer")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_peers.py"), "--quick",
+         "--skip-memory"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
+        timeout=180, cwd=ROOT,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"profile_peers.py failed:\n{out[-3000:]}\n{proc.stderr[-4000:]}"
+    assert "## Profile: keras_sam SAM vs pytorch_optimizer.SAM on torch (quick)" in out
+    # The category table: from its header to the first blank line.
+    table = out[out.index("| category | keras_sam ms/step"):].split("\n\n")[0]
+    rows = {r[0]: r for r in table_rows(table, "")[2:]}
+    categories = ["conv forward", "conv backward", "BatchNorm forward", "BatchNorm backward",
+                  "Python/framework (wall − ops)"]
+    for name in categories + ["**wall (profiled step)**"]:
+        assert name in rows, out
+    wall = [positive(c) for c in rows["**wall (profiled step)**"][1:3]]
+    for side in (1, 2):  # the categories and the Python time add up to the wall time
+        parts = sum(float(r[side]) for name, r in rows.items()
+                    if not name.startswith(("**", "↳", "all ops", "wall,")))
+        assert parts == pytest.approx(wall[side - 1], rel=0.05), out
+    for name in categories[:4]:  # both steps run the model's convolutions and BatchNorm
+        assert positive(rows[name][1]) and positive(rows[name][2])
