@@ -106,6 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--periods", default=None,
                         help="amortized rows: refresh period p, or p:q for q power iterations "
                              "per refresh (default 5,10,10:2; quick: 5)")
+    parser.add_argument("--no-official", action="store_true",
+                        help="leave out the official p=5 q=5 row (e.g. to add rows to a run)")
     parser.add_argument("--warmup-iterations", type=int, default=10,
                         help="power iterations of the amortized rows' first refresh (default 10)")
     parser.add_argument("--max-iterations", type=int, default=None,
@@ -471,7 +473,7 @@ def main(argv=None):
     del initial
 
     results = []
-    for config in configurations(args.periods, args.warmup_iterations):
+    for config in configurations(args.periods, args.warmup_iterations)[args.no_official:]:
         log(f"{config[0]} ...")
         results.append(run_configuration(keras, args, config, data, initial_weights))
 

@@ -156,6 +156,8 @@ VARIANTS = {
     "XSAM search/100": _method("XSAM", search_every=100),
     "X-SAM": _method("EigenCorrectedSAM", refresh_every=5, power_iterations=5),
     "X-SAM amortized p=5": _amortized_x_sam(5),
+    "X-SAM amortized p=6": _amortized_x_sam(6),
+    "X-SAM amortized p=7": _amortized_x_sam(7),
     "X-SAM amortized p=10": _amortized_x_sam(10),
     "X-SAM amortized p=10 q=2": _amortized_x_sam(10, iterations=2),
     "SAM every=2": _method("SAM", rho=0.05, every=2),
@@ -199,6 +201,8 @@ PERIODIC = {
     "XSAM search/100": Periodic(100, "search", "SAM", 1.03),
     "X-SAM": Periodic(5, "refresh", "SAM"),
     "X-SAM amortized p=5": Periodic(5, "refresh", "SAM", 1.15),
+    "X-SAM amortized p=6": Periodic(6, "refresh", "SAM", 1.15),
+    "X-SAM amortized p=7": Periodic(7, "refresh", "SAM", 1.15),
     "X-SAM amortized p=10": Periodic(10, "refresh", "SAM", 1.15),
     "X-SAM amortized p=10 q=2": Periodic(10, "refresh", "SAM", 1.15),
     # One SAM step (2 passes) and k - 1 inner steps: (1 + 1/k) × inner, +5 %.
