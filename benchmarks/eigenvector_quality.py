@@ -105,7 +105,8 @@ def parse_args(argv=None):
                         help="compute the batch noise floor at every k-th measurement (0: never)")
     parser.add_argument("--periods", default=None,
                         help="amortized rows: refresh period p, or p:q for q power iterations "
-                             "per refresh (default 5,10,10:2; quick: 5)")
+                             "per refresh, or p:q:b to refresh on the first b examples of "
+                             "the batch (default 5,10,10:2; quick: 5)")
     parser.add_argument("--no-official", action="store_true",
                         help="leave out the official p=5 q=5 row (e.g. to add rows to a run)")
     parser.add_argument("--warmup-iterations", type=int, default=10,
@@ -122,13 +123,13 @@ def parse_args(argv=None):
             setattr(args, key, value)
     try:
         args.periods = [
-            tuple(int(n) for n in p.split(":")) if ":" in p else (int(p), 1)
+            (tuple(int(n) for n in p.split(":")) + (1, 0))[:3] if ":" in p else (int(p), 1, 0)
             for p in args.periods.split(",") if p.strip()
         ]
     except ValueError:
-        parser.error(f"--periods: expected p or p:q entries, received {args.periods!r}")
-    if any(len(p) != 2 or min(p) < 1 for p in args.periods) or args.warmup_iterations < 1:
-        parser.error("--periods entries p:q and --warmup-iterations must be >= 1")
+        parser.error(f"--periods: expected p, p:q or p:q:b entries, received {args.periods!r}")
+    if any(min(p[:2]) < 1 or p[2] < 0 for p in args.periods) or args.warmup_iterations < 1:
+        parser.error("--periods entries p:q(:b) and --warmup-iterations must be >= 1")
     if args.measure_every < 1 or args.batch_size < 1 or args.epochs < 1:
         parser.error("--measure-every, --batch-size and --epochs must be >= 1")
     return args
@@ -169,7 +170,8 @@ def load_data(args):
 
 # -- model and optimizers ---------------------------------------------------------
 def configurations(periods, warmup_iterations):
-    """[(label, p, q, factory(inner) -> optimizer)]; `periods`: [(p, q)]."""
+    """[(label, p, q, factory(inner) -> optimizer)]; `periods`: [(p, q, b)]
+    (b = 0: refresh on the whole batch)."""
     import keras_sam
 
     rows = [(
@@ -178,13 +180,14 @@ def configurations(periods, warmup_iterations):
             inner, rho=0.05, alpha=0.2, refresh_every=5, power_iterations=5
         ),
     )]
-    for p, q in periods:
+    for p, q, b in periods:
         rows.append((
-            f"amortized p={p} q={q}", p, q,
-            lambda inner, p=p, q=q: keras_sam.SAM(
+            f"amortized p={p} q={q}" + (f" b={b}" if b else ""), p, q,
+            lambda inner, p=p, q=q, b=b: keras_sam.SAM(
                 inner, rho=0.05,
                 eigen_correction=keras_sam.EigenCorrection(
-                    alpha=0.2, every=p, power_iterations=q, warmup_iterations=warmup_iterations
+                    alpha=0.2, every=p, power_iterations=q, warmup_iterations=warmup_iterations,
+                    refresh_batch_size=b or None,
                 ),
             ),
         ))

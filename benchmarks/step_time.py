@@ -127,7 +127,7 @@ def _method(class_name, **kwargs):
     return factory
 
 
-def _amortized_x_sam(every, iterations=1):
+def _amortized_x_sam(every, iterations=1, refresh_batch_size=None):
     """SAM with X-SAM's correction, `iterations` warm-started power iterations
     per refresh after `amortized()`'s warm-up (one extra first refresh)."""
 
@@ -136,7 +136,8 @@ def _amortized_x_sam(every, iterations=1):
 
         # = EigenCorrection.amortized(every=every) when iterations == 1.
         correction = keras_sam.EigenCorrection(
-            every=every, power_iterations=iterations, warmup_iterations=10
+            every=every, power_iterations=iterations, warmup_iterations=10,
+            refresh_batch_size=refresh_batch_size,
         )
         return keras_sam.SAM(inner, rho=0.05, eigen_correction=correction)
 
@@ -157,6 +158,8 @@ VARIANTS = {
     "X-SAM": _method("EigenCorrectedSAM", refresh_every=5, power_iterations=5),
     "X-SAM amortized p=5": _amortized_x_sam(5),
     "X-SAM amortized p=6": _amortized_x_sam(6),
+    "X-SAM amortized p=5 b=32": _amortized_x_sam(5, refresh_batch_size=32),
+    "X-SAM amortized p=5 b=64": _amortized_x_sam(5, refresh_batch_size=64),
     "X-SAM amortized p=7": _amortized_x_sam(7),
     "X-SAM amortized p=10": _amortized_x_sam(10),
     "X-SAM amortized p=10 q=2": _amortized_x_sam(10, iterations=2),
@@ -202,6 +205,8 @@ PERIODIC = {
     "X-SAM": Periodic(5, "refresh", "SAM"),
     "X-SAM amortized p=5": Periodic(5, "refresh", "SAM", 1.15),
     "X-SAM amortized p=6": Periodic(6, "refresh", "SAM", 1.15),
+    "X-SAM amortized p=5 b=32": Periodic(5, "refresh", "SAM", 1.15),
+    "X-SAM amortized p=5 b=64": Periodic(5, "refresh", "SAM", 1.15),
     "X-SAM amortized p=7": Periodic(7, "refresh", "SAM", 1.15),
     "X-SAM amortized p=10": Periodic(10, "refresh", "SAM", 1.15),
     "X-SAM amortized p=10 q=2": Periodic(10, "refresh", "SAM", 1.15),

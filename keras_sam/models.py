@@ -321,11 +321,20 @@ class SharpnessAwareMixin:
             value_and_grad = _unscaled_value_and_grad(loss_fn, loss_scaler)
             forward = backend.forward(lambda values: loss_fn(values)[0])
 
-            def hvp(values, vectors):
-                # The curvature is always the global batch's.
-                return backend.all_reduce_mean(backend.hvp(
-                    lambda v: loss_fn(v, training=False)[0], values, vectors
-                ))
+            def hvp(values, vectors, examples=None):
+                # The curvature is always the global batch's (or of the first
+                # `examples` of each replica's share).
+                data = (x, y, sample_weight) if examples is None else tree.map_structure(
+                    lambda t: None if t is None else t[:examples], (x, y, sample_weight)
+                )
+
+                def inference_loss(v):
+                    loss, _ = stateless_loss(
+                        self, v, non_trainable, metrics_values, *data, training=False
+                    )
+                    return unscale_loss_for_distribution(loss)
+
+                return backend.all_reduce_mean(backend.hvp(inference_loss, values, vectors))
 
             if not all_reduce:
                 return Passes(value_and_grad=value_and_grad, loss=forward, hvp=hvp)

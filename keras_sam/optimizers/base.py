@@ -75,7 +75,8 @@ class Passes:
     non-trainable updates returned in `aux` rather than applied.
     `loss(values) -> loss`: a forward pass only, training mode, statistics
     discarded (XSAM's probes).
-    `hvp(values, vectors) -> (grads, Hv)`: Hessian-vector product of the loss
+    `hvp(values, vectors, examples=None) -> (grads, Hv)`: Hessian-vector
+    product (on the first `examples` of the batch, if given) of the loss
     in inference mode (X-SAM's eigenvector refresh).
     """
 

@@ -46,7 +46,7 @@ def test_before_the_first_refresh_d_is_the_perturbed_gradient():
 
 
 def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, iterations, rule,
-                   warmups=(), start_refresh=0):
+                   warmups=(), start_refresh=0, refresh_examples=None):
     """`warmups`: indices of the refreshes (counted from `start_refresh`) that
     run `warmups`' iteration count instead: {index: iterations}."""
     warmups = dict(warmups)
@@ -59,7 +59,8 @@ def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, i
             problem = reference.linear_regression(xb, yb)
             if j % every == 0 and j > 0:
                 n = warmups.get(refreshes + start_refresh, iterations)
-                v, _ = reference.power_iteration(reference.linear_regression_hessian_times(xb), v, n)
+                hessian_times = reference.linear_regression_hessian_times(xb[:refresh_examples])
+                v, _ = reference.power_iteration(hessian_times, v, n)
                 refreshed, refreshes = True, refreshes + 1
             g1 = reference.sam_direction(problem, params, rho=rho)
             d = reference.eigen_corrected(g1, v, alpha, rule) if refreshed else g1
@@ -98,6 +99,22 @@ def test_amortized_warms_up_on_the_first_refresh_only(jit_compile):
     for other in ({}, {0: 8, 1: 8}):
         unwanted, _ = reference_xsam(x, targets, weights, 2, 10, warmups=other, **kwargs)
         assert max(np.abs(a - b).max() for a, b in zip(want, unwanted)) > 1e-3
+
+
+@pytest.mark.parametrize("jit_compile", jit_modes())
+def test_refresh_on_the_first_examples_of_the_batch(jit_compile):
+    x, targets, weights = regression_data(n=60)
+    correction = keras_sam.EigenCorrection(alpha=0.5, every=2, power_iterations=2,
+                                           refresh_batch_size=4)
+    model, _ = fit_dense(keras_sam.SAM(sgd(), rho=0.2, eigen_correction=correction),
+                         x, targets, weights, "mse", 1, 10, epochs=2, jit_compile=jit_compile)
+    kwargs = dict(rho=0.2, alpha=0.5, every=2, iterations=2, rule="signed")
+    want, _ = reference_xsam(x, targets, weights, 2, 10, refresh_examples=4, **kwargs)
+    weights_close(model.get_weights(), want, atol=1e-5)
+    whole_batch, _ = reference_xsam(x, targets, weights, 2, 10, **kwargs)
+    assert max(np.abs(a - b).max() for a, b in zip(want, whole_batch)) > 1e-3
+    config = model.optimizer.get_config()["eigen_correction"]
+    assert config["refresh_batch_size"] == 4
 
 
 def test_warm_up_is_not_repeated_after_save_and_load(tmp_path):
@@ -186,7 +203,8 @@ def test_each_optimizer_owns_its_eigenvector():
 
 @pytest.mark.parametrize("kwargs, argument", [
     ({"alpha": float("nan")}, "alpha"), ({"every": 0}, "every"),
-    ({"power_iterations": 0}, "power_iterations"), ({"warmup_iterations": 0}, "warmup_iterations"), ({"rule": "oja"}, "rule"), ({"seed": 1.5}, "seed"),
+    ({"power_iterations": 0}, "power_iterations"), ({"warmup_iterations": 0}, "warmup_iterations"),
+    ({"refresh_batch_size": 0}, "refresh_batch_size"), ({"rule": "oja"}, "rule"), ({"seed": 1.5}, "seed"),
 ])
 def test_bad_hyperparameters_raise_naming_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
