@@ -310,9 +310,9 @@ class SharpnessAwareMixin:
         local_groups = max(1, group_count // replicas)
 
         def make_passes(x, y, sample_weight, all_reduce):
-            def loss_fn(values, training=True):
+            def loss_fn(values, training=True, data=(x, y, sample_weight)):
                 loss, aux = stateless_loss(
-                    self, values, non_trainable, metrics_values, x, y, sample_weight, training
+                    self, values, non_trainable, metrics_values, *data, training
                 )
                 # tf.distribute scales each replica's loss by 1/replicas: the
                 # method works with this share's own mean loss.
@@ -327,14 +327,9 @@ class SharpnessAwareMixin:
                 data = (x, y, sample_weight) if examples is None else tree.map_structure(
                     lambda t: None if t is None else t[:examples], (x, y, sample_weight)
                 )
-
-                def inference_loss(v):
-                    loss, _ = stateless_loss(
-                        self, v, non_trainable, metrics_values, *data, training=False
-                    )
-                    return unscale_loss_for_distribution(loss)
-
-                return backend.all_reduce_mean(backend.hvp(inference_loss, values, vectors))
+                return backend.all_reduce_mean(backend.hvp(
+                    lambda v: loss_fn(v, training=False, data=data)[0], values, vectors
+                ))
 
             if not all_reduce:
                 return Passes(value_and_grad=value_and_grad, loss=forward, hvp=hvp)

@@ -530,7 +530,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         if self.eigen_correction is not None:
             correction = self.eigen_correction
             v, eigenvalue, ready, more_updates, more_checks = correction.estimate(
-                params, passes.hvp, refresh=variant[len(method_variant):] or False
+                params, passes.hvp, refresh=variant[len(method_variant):]
             )
             state_updates += more_updates
             checks += more_checks

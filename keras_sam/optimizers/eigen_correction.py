@@ -71,19 +71,13 @@ class EigenCorrection:
             raise ValueError(f"`alpha` must be a finite number, received {alpha!r}.")
         if warmup_iterations is None:
             warmup_iterations = power_iterations
-        for name, value in (("every", every), ("power_iterations", power_iterations),
-                            ("warmup_iterations", warmup_iterations)):
+        integers = [("every", every), ("power_iterations", power_iterations),
+                    ("warmup_iterations", warmup_iterations)]
+        if refresh_batch_size is not None:
+            integers.append(("refresh_batch_size", refresh_batch_size))
+        for name, value in integers:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, received {value!r}.")
-        if refresh_batch_size is not None and (
-            isinstance(refresh_batch_size, bool)
-            or not isinstance(refresh_batch_size, numbers.Integral)
-            or refresh_batch_size < 1
-        ):
-            raise ValueError(
-                "`refresh_batch_size` must be None or an integer >= 1, "
-                f"received {refresh_batch_size!r}."
-            )
         if rule not in RULES:
             raise ValueError(f"`rule` must be one of {RULES}, received {rule!r}.")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -178,8 +172,8 @@ class EigenCorrection:
     def estimate(self, params, hvp, refresh):
         """The eigenvector for this step; on a refresh step, refreshed at θ.
 
-        `refresh` is False, True / "+refresh" (q iterations) or "+warmup"
-        (`warmup_iterations`). Returns (v, eigenvalue, ready, state_updates,
+        `refresh`: the step variant's suffix, "" (no refresh), "+refresh" (q
+        iterations) or "+warmup" (`warmup_iterations`). Returns (v, eigenvalue, ready, state_updates,
         check scalars); `ready` is false before the first refresh (d is then
         left as it is).
         """

@@ -46,9 +46,8 @@ def test_before_the_first_refresh_d_is_the_perturbed_gradient():
 
 
 def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, iterations, rule,
-                   warmups=(), start_refresh=0, refresh_examples=None):
-    """`warmups`: indices of the refreshes (counted from `start_refresh`) that
-    run `warmups`' iteration count instead: {index: iterations}."""
+                   warmups=(), refresh_examples=None):
+    """`warmups`: {index of a refresh: its iterations}, instead of `iterations`."""
     warmups = dict(warmups)
     params = [w.astype("float64") for w in weights]
     optimizer = reference.SGDMomentum(0.1, 0.9)
@@ -58,7 +57,7 @@ def reference_xsam(x, targets, weights, epochs, batch_size, rho, alpha, every, i
         for j, (xb, yb) in enumerate(batches(x.astype("float64"), targets.astype("float64"), batch_size)):
             problem = reference.linear_regression(xb, yb)
             if j % every == 0 and j > 0:
-                n = warmups.get(refreshes + start_refresh, iterations)
+                n = warmups.get(refreshes, iterations)
                 hessian_times = reference.linear_regression_hessian_times(xb[:refresh_examples])
                 v, _ = reference.power_iteration(hessian_times, v, n)
                 refreshed, refreshes = True, refreshes + 1
