@@ -192,11 +192,12 @@ class Periodic:
         self.cycle, self.work, self.baseline, self.target = cycle, work, baseline, target
 
     def is_work(self, variant):
+        """`variant`: a `keras_sam.optimizers.variants.StepVariant`."""
         if self.work == "search":
-            return variant == "search"
+            return variant.phase == "search"
         if self.work == "refresh":
-            return variant.endswith("+refresh")
-        return variant != "plain"
+            return variant.refresh_iterations > 0
+        return not variant.plain
 
 
 PERIODIC = {
@@ -399,9 +400,11 @@ def read_counters(runner):
 def next_variant(runner):
     """The compiled step variant the dispatcher will run on the next call
     (the same host-side choice, made outside the timed call)."""
+    from keras_sam.optimizers.variants import DEFAULT
+
     optimizer = runner.model.optimizer
     if not hasattr(optimizer, "select_variant"):
-        return "default"
+        return DEFAULT
     return optimizer.select_variant(runner.model.training_clock)
 
 
@@ -410,11 +413,18 @@ def cycle_variants(runner, cycle, calls):
     first use of each, found on a copy of the model's clock."""
     clock = copy.copy(runner.model.training_clock)
     optimizer = runner.model.optimizer
+    correction = getattr(optimizer, "eigen_correction", None)
+    refreshes = None if correction is None else correction.host_refreshes
     first = {}
-    for i in range(calls + 2 * cycle):
-        variant = optimizer.select_variant(clock)
-        first.setdefault(variant, i)
-        clock.tick(variant)
+    try:
+        for i in range(calls + 2 * cycle):
+            variant = optimizer.select_variant(clock)
+            first.setdefault(variant, i)
+            clock.tick(variant)
+            optimizer.step_done(variant)
+    finally:
+        if correction is not None:  # the host count the simulation advanced
+            correction.host_refreshes = refreshes
     return first
 
 
@@ -612,6 +622,7 @@ def time_row(backend, jit, args, keras, batch, init_weights):
                 per_cycle_work = [sum(work[i:i + cycle]) for i in range(0, len(work), cycle)]
                 work_ms = [t for t, w in zip(ms, work) if w]
                 rest_ms = [t for t, w in zip(ms, work) if not w]
+                labels = [str(v) for v in chosen[name]]
                 counter = {"search": "searches", "refresh": "refreshes", "sam": "sam_steps"}[
                     spec.work
                 ]
@@ -624,7 +635,7 @@ def time_row(backend, jit, args, keras, batch, init_weights):
                         "counter_before": before[name].get(counter),
                         "counter_after": after.get(counter),
                         "variants_chosen": {
-                            v: chosen[name].count(v) for v in sorted(set(chosen[name]))
+                            v: labels.count(v) for v in sorted(set(labels))
                         },
                         "clock_start": before[name]["clock_steps"],
                         "phase": before[name]["clock_steps"] % cycle,

@@ -71,31 +71,12 @@ __all__ = [
     "trace",
 ]
 
-_BACKEND = keras.backend.backend()
-
-
 # -- the loss as a pure function of the trainable values -------------------------
-@contextlib.contextmanager
-def _fixed_global_randomness(seed):
-    """torch: Keras' unseeded dropout draws from torch's global generator;
-    reseed it for each evaluation (inside a fork, so the caller's RNG stream is
-    untouched) so that every evaluation sees the same mask."""
-    if _BACKEND != "torch":
-        yield
-        return
-    import torch
-
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    devices = list(range(torch.cuda.device_count())) if cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def _stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_weight,
                     training, seed=0):
     """The compiled loss (+ `model.losses`) at `values`; no state is changed."""
-    context = _fixed_global_randomness(seed) if training else contextlib.nullcontext()
+    # torch: the same dropout mask for every evaluation (backend.fixed_randomness).
+    context = backend.fixed_randomness(seed) if training else contextlib.nullcontext()
     with context:
         loss, _ = stateless_loss(
             model, values, non_trainable, metrics_values, x, y, sample_weight, training
@@ -202,18 +183,6 @@ def make_loss_fn(model, x, y=None, sample_weight=None, training=False, batch_siz
 
 
 # -- compiled per-batch functions, cached on the model ---------------------------
-def _compile(fn):
-    if _BACKEND == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if _BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn)
-    return fn  # torch: eager (torch.compile on CPU is slower here).
-
-
 def _compiled(model, kind, training, seed):
     """`hvp` or `grad` of the loss on one batch, compiled once per model/mode.
 
@@ -225,7 +194,7 @@ def _compiled(model, kind, training, seed):
     if cache is None or cache["compile_loss"] is not compile_loss:
         cache = {"compile_loss": compile_loss, "fns": {}}
         model.__dict__["_keras_sam_curvature_fns"] = cache
-    key = (kind, bool(training), seed if (training and _BACKEND == "torch") else None)
+    key = (kind, bool(training), seed if training else None)
     fn = cache["fns"].get(key)
     if fn is not None:
         return fn
@@ -249,7 +218,7 @@ def _compiled(model, kind, training, seed):
             (value, _), grads = backend.value_and_grad(lambda v: (loss(v), ()))(params)
             return value, list(grads)
 
-    fn = _compile(fn)
+    fn = backend.compile_function(fn)
     cache["fns"][key] = fn
     return fn
 

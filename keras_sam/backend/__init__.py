@@ -21,6 +21,15 @@ module provides the same names:
 - `all_reduce_mean(values)`: mean over those replicas (identity at 1).
 - `data_parallel_size()`: the data-parallel replicas or devices of the
   current distribution (`perturbation_groups="replica"`).
+- `collective_fori_loop(lower, upper, body, init)`: `keras.ops.fori_loop`
+  for a `body` that may all-reduce across replicas (unrolled where a replica
+  may not do that inside a loop: `tf.distribute`).
+- `compile_function(fn)`: `fn` compiled for repeated calls on tensors
+  (`jax.jit`, `tf.function`; torch: `fn` itself, eager).
+- `fixed_randomness(seed)`: a context in which unseeded random draws that
+  bypass Keras' seed state (torch's dropout uses torch's global generator)
+  start from `seed`, leaving the caller's generator untouched; elsewhere
+  (Keras' seed state already fixes them) it does nothing.
 """
 
 import importlib
@@ -37,7 +46,10 @@ _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
 all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
+collective_fori_loop = _impl.collective_fori_loop
+compile_function = _impl.compile_function
 data_parallel_size = _impl.data_parallel_size
+fixed_randomness = _impl.fixed_randomness
 forward = _impl.forward
 hvp = _impl.hvp
 replicas_in_sync = _impl.replicas_in_sync

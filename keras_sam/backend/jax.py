@@ -1,6 +1,8 @@
 """JAX: `jax.value_and_grad`, forward-over-reverse HVPs, and a stateless
 wrapper around the step."""
 
+import contextlib
+
 import jax
 import keras
 from keras import ops
@@ -79,3 +81,18 @@ def apply_if(pred, update_fn, args, variables):
     update_fn(*args)
     for variable, old_value in zip(variables, old):
         variable.assign(ops.where(pred, variable.value, old_value))
+
+
+def collective_fori_loop(lower, upper, body, init):
+    # One program on global arrays: reductions inside a loop are fine.
+    return ops.fori_loop(lower, upper, body, init)
+
+
+def compile_function(fn):
+    return jax.jit(fn)
+
+
+def fixed_randomness(seed):
+    # Keras' seed state already fixes the draws of a stateless call.
+    del seed
+    return contextlib.nullcontext()

@@ -112,3 +112,23 @@ def apply_if(pred, update_fn, args, variables):
     update_fn(*args)
     for variable, old_value in zip(variables, old):
         variable.assign(tf.where(pred, variable.value, old_value))
+
+
+def collective_fori_loop(lower, upper, body, init):
+    if replicas_in_sync() == 1:
+        return ops.fori_loop(lower, upper, body, init)
+    # A replica may not all-reduce inside a loop under tf.distribute: unroll.
+    state = init
+    for i in range(lower, upper):
+        state = body(i, state)
+    return state
+
+
+def compile_function(fn):
+    return tf.function(fn)
+
+
+def fixed_randomness(seed):
+    # Keras' seed state already fixes the draws of a stateless call.
+    del seed
+    return contextlib.nullcontext()

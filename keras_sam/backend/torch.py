@@ -1,6 +1,9 @@
 """PyTorch: `torch.autograd.grad` on detached leaf copies of the values."""
 
+import contextlib
+
 import torch
+from keras import ops
 from keras import tree
 
 
@@ -155,3 +158,24 @@ def apply_if(pred, update_fn, args, variables):
     del variables
     if bool(pred):
         update_fn(*args)
+
+
+def collective_fori_loop(lower, upper, body, init):
+    return ops.fori_loop(lower, upper, body, init)
+
+
+def compile_function(fn):
+    # Eager: torch.compile on CPU was slower for these small functions.
+    return fn
+
+
+@contextlib.contextmanager
+def fixed_randomness(seed):
+    """Keras' unseeded torch dropout draws from torch's global generator:
+    reseed it inside a fork, so every evaluation sees the same mask and the
+    caller's RNG stream is untouched."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

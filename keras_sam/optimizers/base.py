@@ -2,8 +2,9 @@
 
 Keras 3 hands an optimizer gradients only, so the two (or more) passes of a
 sharpness-aware step are driven by the model's `train_step`
-(`keras_sam.SAMModel`), which calls `compute_update` with a function giving
-the loss and gradient at any point. The wrapper holds the method, its
+(`keras_sam.SAMModel`): it gathers the batch's passes (`keras_sam.passes`),
+`compute_update` computes the step from them without touching any variable,
+and `keras_sam.commit` commits it. The wrapper holds the method, its
 hyperparameters and its state; the inner optimizer (SGD, Adam, AdamW, ...)
 receives the final direction `d` at the clean weights, exactly as it would
 receive a gradient — its weight decay, clipping, EMA and learning-rate schedule
@@ -15,6 +16,7 @@ its own state in Keras variables (so it works inside JAX's stateless step and
 survives `model.save`).
 """
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -25,8 +27,10 @@ from keras.src.utils import tracking
 
 from keras_sam import backend
 from keras_sam import vectors
+from keras_sam.optimizers import checks
+from keras_sam.optimizers.checks import require
 from keras_sam.optimizers.eigen_correction import EigenCorrection
-from keras_sam.vectors import EPS
+from keras_sam.optimizers.variants import DEFAULT, PLAIN, StepVariant
 
 _BASE_OPTIMIZER_ARGS = (
     "learning_rate",
@@ -68,23 +72,18 @@ class Ascent:
 
 
 @dataclasses.dataclass
-class Passes:
-    """Functions of the trainable values on the current mini-batch.
+class Direction:
+    """What a method's `direction` returns."""
 
-    `value_and_grad(values) -> ((loss, aux), grads)`: training mode, with the
-    non-trainable updates returned in `aux` rather than applied.
-    `loss(values) -> loss`: a forward pass only, training mode, statistics
-    discarded (XSAM's probes).
-    `hvp(values, vectors, examples=None) -> (grads, Hv)`: Hessian-vector
-    product (on the first `examples` of the batch, if given) of the loss
-    in inference mode (X-SAM's eigenvector refresh).
-    """
-
-    value_and_grad: object
-    loss: object
-    hvp: object = None
-    # A perturbation group's share of the mini-batch (its weight in the mean).
-    share: object = None
+    vector: list  # d, the vector the inner optimizer receives.
+    # Names in the method's `diagnostic_names` → scalars.
+    diagnostics: dict = dataclasses.field(default_factory=dict)
+    # (variable, new value) pairs of the method's own state, assigned only if
+    # the step is committed.
+    state_updates: list = dataclasses.field(default_factory=list)
+    # A correction applied after the inner step, θ ← θ − lr_t · extra_step
+    # (WSAM's decoupled mode); None for none.
+    extra_step: object = None
 
 
 @dataclasses.dataclass
@@ -102,14 +101,6 @@ class Update:
     extra_step: object = None
 
 
-def _check_positive_number(name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a number, received {value!r}.")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be finite and {bound}, received {value!r}.")
-
-
 def _sum_vectors(lists):
     total = lists[0]
     for xs in lists[1:]:
@@ -121,6 +112,63 @@ def _is_bias(variable):
     """Biases and normalization shifts (`bias`, `beta`): ASAM's T = 1 group."""
     name = variable.name.split("/")[-1]
     return name.endswith("bias") or name.endswith("beta")
+
+
+def _check_inner_optimizer(optimizer):
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(
+            "`optimizer` must be a Keras optimizer instance such as "
+            "`keras.optimizers.SGD(0.1, momentum=0.9)`, received "
+            f"{optimizer!r}."
+        )
+    if isinstance(optimizer, SharpnessAwareOptimizer):
+        raise ValueError(
+            "`optimizer` is already sharpness-aware; wrap a plain Keras "
+            "optimizer instead."
+        )
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "`optimizer` is a LossScaleOptimizer: wrap the other way round, "
+            "`LossScaleOptimizer(SAM(inner))` — which is what `compile` "
+            "does by itself under the `mixed_float16` policy."
+        )
+
+
+def _check_no_extra_arguments(optimizer_name, kwargs):
+    for arg in _BASE_OPTIMIZER_ARGS:
+        if arg in kwargs:
+            raise ValueError(
+                f"{optimizer_name} does not take `{arg}`: set it on "
+                "the inner optimizer, which makes the update step."
+            )
+    if kwargs:
+        raise ValueError(
+            f"{optimizer_name} got unexpected arguments: {', '.join(sorted(kwargs))}."
+        )
+
+
+def _checked_rho(rho):
+    if isinstance(rho, dict):  # from get_config
+        rho = keras.saving.deserialize_keras_object(rho)
+    if callable(rho):
+        at_zero = float(ops.convert_to_numpy(rho(0)))
+        checks.positive_number("rho (at step 0)", at_zero, allow_zero=True)
+        return rho
+    return checks.positive_number("rho", rho)
+
+
+def _checked_eigen_correction(eigen_correction):
+    if isinstance(eigen_correction, dict):  # from get_config
+        eigen_correction = EigenCorrection.from_config(eigen_correction)
+    require(
+        eigen_correction is None or isinstance(eigen_correction, EigenCorrection),
+        "eigen_correction", "a keras_sam.EigenCorrection or None", eigen_correction,
+    )
+    # A copy: the correction keeps this optimizer's eigenvector variables.
+    return (
+        None if eigen_correction is None
+        else EigenCorrection.from_config(eigen_correction.get_config())
+    )
 
 
 class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
@@ -198,93 +246,44 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        for arg in _BASE_OPTIMIZER_ARGS:
-            if arg in kwargs:
-                raise ValueError(
-                    f"{type(self).__name__} does not take `{arg}`: set it on "
-                    "the inner optimizer, which makes the update step."
-                )
-        if kwargs:
-            raise ValueError(
-                f"{type(self).__name__} got unexpected arguments: "
-                f"{', '.join(sorted(kwargs))}."
-            )
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "`optimizer` must be a Keras optimizer instance such as "
-                "`keras.optimizers.SGD(0.1, momentum=0.9)`, received "
-                f"{optimizer!r}."
-            )
-        if isinstance(optimizer, SharpnessAwareOptimizer):
-            raise ValueError(
-                "`optimizer` is already sharpness-aware; wrap a plain Keras "
-                "optimizer instead."
-            )
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            raise ValueError(
-                "`optimizer` is a LossScaleOptimizer: wrap the other way round, "
-                "`LossScaleOptimizer(SAM(inner))` — which is what `compile` "
-                "does by itself under the `mixed_float16` policy."
-            )
-        if isinstance(rho, dict):  # from get_config
-            rho = keras.saving.deserialize_keras_object(rho)
-        if callable(rho):
-            _check_positive_number("rho (at step 0)", float(ops.convert_to_numpy(rho(0))), allow_zero=True)
-        else:
-            _check_positive_number("rho", rho)
-        if isinstance(start, bool) or not isinstance(start, numbers.Real) or start < 0 or (
-            not isinstance(start, numbers.Integral) and start >= 1
-        ):
-            raise ValueError(
-                "`start` must be an integer step >= 0 or a fraction in [0, 1), "
-                f"received {start!r}."
-            )
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise ValueError(f"`every` must be an integer >= 1, received {every!r}.")
-        if isinstance(eigen_correction, dict):  # from get_config
-            eigen_correction = EigenCorrection.from_config(eigen_correction)
-        if eigen_correction is not None and not isinstance(eigen_correction, EigenCorrection):
-            raise ValueError(
-                "`eigen_correction` must be a keras_sam.EigenCorrection or None, "
-                f"received {eigen_correction!r}."
-            )
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-            raise ValueError(f"`steps` must be an integer, received {steps!r}.")
-        if steps < 1:
-            raise ValueError(f"`steps` must be >= 1, received {steps!r}.")
-        _check_positive_number("eta", eta, allow_zero=True)
-        if perturbation_groups != "replica" and (
-            isinstance(perturbation_groups, bool)
-            or not isinstance(perturbation_groups, numbers.Integral)
-            or perturbation_groups < 1
-        ):
-            raise ValueError(
-                "`perturbation_groups` must be an integer >= 1 or 'replica', "
-                f"received {perturbation_groups!r}."
-            )
-        if adaptive_variables not in ("weights", "all"):
-            raise ValueError(
-                "`adaptive_variables` must be 'weights' (SamsungLabs ASAM) or "
-                f"'all' (davda54/sam), received {adaptive_variables!r}."
-            )
+        _check_no_extra_arguments(type(self).__name__, kwargs)
+        _check_inner_optimizer(optimizer)
+        rho = _checked_rho(rho)
+        require(
+            checks.is_number(start) and start >= 0 and (checks.is_integer(start) or start < 1),
+            "start", "an integer step >= 0 or a fraction in [0, 1)", start,
+        )
+        every = checks.integer("every", every, minimum=1)
+        eigen_correction = _checked_eigen_correction(eigen_correction)
+        steps = checks.integer("steps", steps)
+        require(steps >= 1, "steps", ">= 1", steps)
+        eta = checks.positive_number("eta", eta, allow_zero=True)
+        require(
+            perturbation_groups == "replica"
+            or (checks.is_integer(perturbation_groups) and perturbation_groups >= 1),
+            "perturbation_groups", "an integer >= 1 or 'replica'", perturbation_groups,
+        )
+        require(
+            adaptive_variables in ("weights", "all"), "adaptive_variables",
+            "'weights' (SamsungLabs ASAM) or 'all' (davda54/sam)", adaptive_variables,
+        )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
-        self.rho = rho if callable(rho) else float(rho)
+        self.rho = rho
         self.start = start if isinstance(start, numbers.Integral) else float(start)
-        self.every = int(every)
-        # A copy: the correction keeps this optimizer's eigenvector variables.
-        self.eigen_correction = (
-            None if eigen_correction is None
-            else EigenCorrection.from_config(eigen_correction.get_config())
-        )
-        self.steps = int(steps)
+        self.every = every
+        self.eigen_correction = eigen_correction
+        self.steps = steps
         self.adaptive = bool(adaptive)
-        self.eta = float(eta)
+        self.eta = eta
         self.adaptive_variables = adaptive_variables
         self.perturbation_groups = (
             perturbation_groups if perturbation_groups == "replica" else int(perturbation_groups)
         )
         self.diagnostics = bool(diagnostics)
+        # True while `keras_sam.commit` drives the LossScaleOptimizer's scale
+        # update through `stateless_apply` (see there).
+        self._passing_through = False
 
     # ------------------------------------------------------------------
     # State
@@ -338,7 +337,22 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
+        if not self._passing_through:
+            raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
+        # The step is committed already: the LossScaleOptimizer around this
+        # one only updates its loss scale (`keras_sam.commit.update_loss_scale`).
+        values = [ops.convert_to_tensor(v.value if hasattr(v, "value") else v)
+                  for v in optimizer_variables]
+        return list(trainable_variables), values
+
+    @contextlib.contextmanager
+    def passing_through(self):
+        """Makes `stateless_apply` return its arguments unchanged meanwhile."""
+        self._passing_through = True
+        try:
+            yield
+        finally:
+            self._passing_through = False
 
     # ------------------------------------------------------------------
     # The step
@@ -351,27 +365,18 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         return ops.where(rho > 0.0, rho, 0.0)  # NaN > 0 is False
 
     def perturbation(self, point, grads, radius):
-        """One ascent step of length `radius` from `point` along `grads`.
-
-        SAM: `e = r g / (‖g‖ + eps)`. ASAM: `e = r T² g / (‖T g‖ + eps)`.
+        """One ascent step of length `radius` from `point` along `grads`:
+        SAM's or, with `adaptive=True`, ASAM's (keras_sam/optimizers/sam.py).
         Returns `e` and the norm it divided by (checked for finiteness).
         """
-        if not self.adaptive:
-            grads_norm = vectors.norm(grads)
-            return vectors.scale(grads, radius / (grads_norm + EPS)), grads_norm
-        t = [
-            ops.abs(p) + ops.cast(self.eta, p.dtype) if scaled else None
-            for p, scaled in zip(point, self._scaled_by_weight)
-        ]
-        tg = [g if ti is None else ti * g for g, ti in zip(grads, t)]
-        tg_norm = vectors.norm(tg)
-        factor = radius / (tg_norm + EPS)
-        e = [
-            x * ops.cast(factor, x.dtype) if ti is None
-            else ti * x * ops.cast(factor, x.dtype)
-            for x, ti in zip(tg, t)
-        ]
-        return e, tg_norm
+        # sam.py defines SAM, a subclass of this class: imported when used.
+        from keras_sam.optimizers import sam
+
+        if self.adaptive:
+            return sam.adaptive_perturbation(
+                point, grads, radius, self.eta, self._scaled_by_weight
+            )
+        return sam.perturbation(grads, radius)
 
     def ascend(self, grad_fn, params):
         """Clean pass and k ascent steps of length ρ/k (ALGORITHMS.md §1–2).
@@ -380,17 +385,17 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         """
         (clean_loss, clean_aux), clean_grads = grad_fn(params)
         radius = self.current_rho() / self.steps
-        checks = [clean_loss]
+        check_scalars = [clean_loss]
         grads, displacement = clean_grads, None
         for _ in range(self.steps):
             point = params if displacement is None else vectors.add(params, displacement)
             e, divisor = self.perturbation(point, grads, radius)
-            checks.append(divisor)
+            check_scalars.append(divisor)
             displacement = e if displacement is None else vectors.add(displacement, e)
             (loss, _), grads = grad_fn(vectors.add(params, displacement))
-            checks.append(loss)
+            check_scalars.append(loss)
         grads_norm = vectors.norm(grads)
-        checks.append(grads_norm)
+        check_scalars.append(grads_norm)
         return Ascent(
             clean_loss=clean_loss,
             clean_aux=clean_aux,
@@ -399,37 +404,27 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             loss=loss,
             grads=grads,
             grads_norm=grads_norm,
-            check_scalars=checks,
+            check_scalars=check_scalars,
         )
 
-    def direction(self, ascent, params, passes, variant):
-        """The vector the inner optimizer receives.
+    def direction(self, ascent, params, passes, phase):
+        """The method's step from an `Ascent`: returns a `Direction`.
 
-        Returns `(d, diagnostics, state_updates)`: `diagnostics` maps names in
-        `diagnostic_names` to scalars; `state_updates` is a list of
-        `(variable, new value)` pairs of the method's own state, assigned only
-        if the step is finite. A method with a decoupled correction (WSAM)
-        returns a fourth element, `extra_step`: see `Update.extra_step`.
+        `passes` are the step's `Passes` (for methods that probe the loss,
+        as XSAM's α search); `phase` is the method's phase for this step,
+        one of `method_phases()`.
         """
         raise NotImplementedError
 
     # -- compiled step variants, chosen from Python between steps -------------
-    def method_variants(self):
-        """Names of the method's compiled step variants (e.g. XSAM's search).
-
-        Periodic work runs as its own compiled function, chosen from Python
-        before each step: inside a conditional XLA:CPU slows backward passes
-        17–34×, and a conditional would trace both branches' passes.
-        """
+    def method_phases(self):
+        """Names of the method's phases, each a compiled step variant (e.g.
+        XSAM's "search")."""
         return ("default",)
 
-    def select_method_variant(self, clock):
-        """The method's variant for the next sharpness-aware step.
-
-        `clock` has `step` (global), `epoch_step`, `sam_steps` and
-        `epoch_sam_steps` (sharpness-aware steps so far, in all and in this
-        epoch) and `total_steps` (of `fit`, or None).
-        """
+    def method_phase(self, clock):
+        """The method's phase for the next sharpness-aware step; `clock` is a
+        `keras_sam.optimizers.variants.StepClock`."""
         return "default"
 
     def logged_diagnostics(self):
@@ -439,14 +434,19 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         extra = ("eigen_angle", "eigenvalue") if self.eigen_correction else ()
         return tuple(self.diagnostic_names) + extra
 
+    def _has_plain_steps(self):
+        return bool(self.start) or self.every > 1
+
     def step_variants(self):
-        variants = self.method_variants()
+        """Every `StepVariant` this optimizer may choose."""
+        refreshes = (0,)
         if self.eigen_correction is not None:
-            variants = variants + tuple(
-                v + suffix for suffix in self.eigen_correction.variants() for v in variants
-            )
-        plain = ("plain",) if self.start or self.every > 1 else ()
-        return variants + plain
+            refreshes += self.eigen_correction.refresh_iteration_counts()
+        variants = tuple(
+            StepVariant(phase=phase, refresh_iterations=n)
+            for n in refreshes for phase in self.method_phases()
+        )
+        return variants + ((PLAIN,) if self._has_plain_steps() else ())
 
     def start_step(self, total_steps):
         if isinstance(self.start, numbers.Integral):
@@ -460,15 +460,26 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         return int(math.ceil(self.start * total_steps))
 
     def select_variant(self, clock):
-        """The compiled variant to run for the next step."""
-        if self.start or self.every > 1:
+        """The `StepVariant` to run for the next step: plain where `start` /
+        `every` leave the step out, else the method's phase and the
+        correction's refresh, each deciding when it is due."""
+        if self._has_plain_steps():
             step = clock.step - self.start_step(clock.total_steps)
             if step < 0 or step % self.every:
-                return "plain"
-        variant = self.select_method_variant(clock)
+                return PLAIN
+        refresh = 0 if self.eigen_correction is None else self.eigen_correction.refresh_due(clock)
+        return StepVariant(phase=self.method_phase(clock), refresh_iterations=refresh)
+
+    def read_host_counters(self):
+        """Host side, when `fit` begins: reads the counters periodic work
+        depends on from the state variables."""
         if self.eigen_correction is not None:
-            variant += self.eigen_correction.refresh_variant(clock)
-        return variant
+            self.eigen_correction.read_refreshes()
+
+    def step_done(self, variant):
+        """Host side, after each step of `fit` or `train_on_batch`."""
+        if self.eigen_correction is not None and variant.refresh_iterations:
+            self.eigen_correction.count_refresh()
 
     def perturbation_group_count(self):
         """The number of perturbation groups of the global batch (an int)."""
@@ -476,7 +487,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             return backend.data_parallel_size()
         return self.perturbation_groups
 
-    def compute_update(self, passes, params, variant="default", groups=None):
+    def compute_update(self, passes, params, variant=DEFAULT, groups=None):
         """One sharpness-aware step's math, without touching any variable.
 
         Args:
@@ -494,89 +505,109 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 eigenvector of an `eigen_correction` is refreshed on the whole
                 mini-batch (`passes.hvp`) and corrects every group's direction.
         """
-        if variant == "plain":  # the inner optimizer's own step
-            (loss, aux), grads = passes.value_and_grad(params)
-            return Update(
-                direction=grads,
-                loss=loss,
-                aux=aux,
-                finite=vectors.all_finite([loss, vectors.norm(grads)]),
-                diagnostics={},
-                state_updates=[],
-            )
-        method_variant = variant.split("+")[0]
+        if variant.plain:
+            return self._plain_update(passes, params)
         groups = list(groups) if groups else [passes]
-        ascents, directions, diagnostics, extra_steps = [], [], [], []
-        state_updates, checks = [], []
-        for group in groups:
-            ascent = self.ascend(group.value_and_grad, params)
-            d, group_diagnostics, group_updates, *extra_step = self.direction(
-                ascent, params, group, method_variant
-            )
-            if group_updates and len(groups) > 1:
-                raise ValueError(
-                    f"The {method_variant!r} step of {type(self).__name__} updates "
-                    "the optimizer's state from the step's own gradients, which "
-                    "differ between perturbation groups: use "
-                    "`perturbation_groups=1` with it (e.g. XSAM's α search; a "
-                    "fixed `alpha` works with groups)."
-                )
-            ascents.append(ascent)
-            directions.append(d)
-            diagnostics.append(dict(group_diagnostics))
-            extra_steps.append(extra_step[0] if extra_step else None)
-            state_updates += group_updates
-            checks += ascent.check_scalars
+        ascents, directions = zip(*[
+            self._ascend_and_direct(group, params, variant.phase, len(groups) > 1)
+            for group in groups
+        ])
+        check_scalars = [c for ascent in ascents for c in ascent.check_scalars]
+        state_updates = [u for d in directions for u in d.state_updates]
         if self.eigen_correction is not None:
-            correction = self.eigen_correction
-            v, eigenvalue, ready, more_updates, more_checks = correction.estimate(
-                params, passes.hvp, refresh=variant[len(method_variant):]
+            directions, more_updates, more_check_scalars = self._eigen_corrected(
+                directions, params, passes.hvp, variant.refresh_iterations
             )
             state_updates += more_updates
-            checks += more_checks
-            for i, d in enumerate(directions):
-                directions[i], angle = correction.correct(d, v, ready)
-                diagnostics[i].update(eigen_angle=angle, eigenvalue=eigenvalue)
-        if self.diagnostics:
-            for ascent, group_diagnostics in zip(ascents, diagnostics):
-                group_diagnostics.update(
-                    sharpness=ascent.loss - ascent.clean_loss,
-                    grad_cosine=vectors.cosine(
-                        ascent.clean_grads, ascent.grads, ys_norm=ascent.grads_norm
-                    ),
-                )
-            names = diagnostics[0]
-        else:
-            names = {}
-        if len(groups) == 1:
-            direction, loss, aux, extra_step = (
-                directions[0], ascents[0].clean_loss, ascents[0].clean_aux, extra_steps[0]
-            )
-            diagnostics = {name: diagnostics[0][name] for name in names}
-        else:
-            shares = [
-                1.0 / len(groups) if group.share is None else group.share for group in groups
-            ]
+            check_scalars += more_check_scalars
+        update = self._combined(ascents, directions, groups)
+        return dataclasses.replace(
+            update, finite=vectors.all_finite(check_scalars), state_updates=state_updates
+        )
 
-            def mean(values):
-                return sum(ops.cast(v, "float32") * w for v, w in zip(values, shares))
-
-            def mean_vectors(lists):
-                return _sum_vectors([vectors.scale(xs, w) for xs, w in zip(lists, shares)])
-
-            direction = mean_vectors(directions)
-            loss = mean([a.clean_loss for a in ascents])
-            aux = [a.clean_aux for a in ascents]
-            extra_step = None if extra_steps[0] is None else mean_vectors(extra_steps)
-            diagnostics = {name: mean([g[name] for g in diagnostics]) for name in names}
+    def _plain_update(self, passes, params):
+        """The inner optimizer's own step: one forward–backward."""
+        (loss, aux), grads = passes.value_and_grad(params)
         return Update(
-            direction=direction,
+            direction=grads,
             loss=loss,
             aux=aux,
-            finite=vectors.all_finite(checks),
-            diagnostics=diagnostics,
-            state_updates=state_updates,
-            extra_step=extra_step,
+            finite=vectors.all_finite([loss, vectors.norm(grads)]),
+            diagnostics={},
+            state_updates=[],
+        )
+
+    def _ascend_and_direct(self, passes, params, phase, grouped):
+        """One perturbation group's ascent and `Direction` (with the cheap
+        diagnostics of its ascent)."""
+        ascent = self.ascend(passes.value_and_grad, params)
+        direction = self.direction(ascent, params, passes, phase)
+        if direction.state_updates and grouped:
+            raise ValueError(
+                f"The {phase!r} step of {type(self).__name__} updates "
+                "the optimizer's state from the step's own gradients, which "
+                "differ between perturbation groups: use "
+                "`perturbation_groups=1` with it (e.g. XSAM's α search; a "
+                "fixed `alpha` works with groups)."
+            )
+        diagnostics = dict(direction.diagnostics)
+        if self.diagnostics:
+            diagnostics.update(
+                sharpness=ascent.loss - ascent.clean_loss,
+                grad_cosine=vectors.cosine(
+                    ascent.clean_grads, ascent.grads, ys_norm=ascent.grads_norm
+                ),
+            )
+        return ascent, dataclasses.replace(direction, diagnostics=diagnostics)
+
+    def _eigen_corrected(self, directions, params, hvp, refresh_iterations):
+        """The directions corrected along the (refreshed) eigenvector, the
+        correction's state updates and check scalars."""
+        correction = self.eigen_correction
+        v, eigenvalue, ready, state_updates, check_scalars = correction.estimate(
+            params, hvp, refresh_iterations
+        )
+        corrected = []
+        for direction in directions:
+            vector, angle = correction.correct(direction.vector, v, ready)
+            diagnostics = dict(direction.diagnostics, eigen_angle=angle, eigenvalue=eigenvalue)
+            corrected.append(
+                dataclasses.replace(direction, vector=vector, diagnostics=diagnostics)
+            )
+        return corrected, state_updates, check_scalars
+
+    def _combined(self, ascents, directions, groups):
+        """The groups' directions, clean losses and diagnostics, weighted by
+        their shares of the batch (one group: its own)."""
+        names = directions[0].diagnostics if self.diagnostics else {}
+        if len(groups) == 1:
+            (ascent,), (direction,) = ascents, directions
+            return Update(
+                direction=direction.vector,
+                loss=ascent.clean_loss,
+                aux=ascent.clean_aux,
+                finite=None,
+                diagnostics={name: direction.diagnostics[name] for name in names},
+                state_updates=[],
+                extra_step=direction.extra_step,
+            )
+        shares = [1.0 / len(groups) if g.share is None else g.share for g in groups]
+
+        def mean(values):
+            return sum(ops.cast(v, "float32") * w for v, w in zip(values, shares))
+
+        def mean_vectors(lists):
+            return _sum_vectors([vectors.scale(xs, w) for xs, w in zip(lists, shares)])
+
+        extra_steps = [d.extra_step for d in directions]
+        return Update(
+            direction=mean_vectors([d.vector for d in directions]),
+            loss=mean([a.clean_loss for a in ascents]),
+            aux=[a.clean_aux for a in ascents],
+            finite=None,
+            diagnostics={name: mean([d.diagnostics[name] for d in directions]) for name in names},
+            state_updates=[],
+            extra_step=None if extra_steps[0] is None else mean_vectors(extra_steps),
         )
 
     def apply_update(self, update, trainable_variables):

@@ -32,13 +32,14 @@ about n/B of the products' cost.
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_sam import vectors
+from keras_sam.optimizers import checks
+from keras_sam.optimizers.checks import require
 from keras_sam.vectors import EPS
 
 RULES = ("signed", "symmetric")
@@ -67,28 +68,20 @@ class EigenCorrection:
 
     def __init__(self, alpha=0.2, every=5, power_iterations=5, rule="signed", seed=0,
                  warmup_iterations=None, refresh_batch_size=None):
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
-            raise ValueError(f"`alpha` must be a finite number, received {alpha!r}.")
         if warmup_iterations is None:
             warmup_iterations = power_iterations
-        integers = [("every", every), ("power_iterations", power_iterations),
-                    ("warmup_iterations", warmup_iterations)]
-        if refresh_batch_size is not None:
-            integers.append(("refresh_batch_size", refresh_batch_size))
-        for name, value in integers:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, received {value!r}.")
-        if rule not in RULES:
-            raise ValueError(f"`rule` must be one of {RULES}, received {rule!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"`seed` must be an integer, received {seed!r}.")
-        self.alpha = float(alpha)
-        self.every = int(every)
-        self.power_iterations = int(power_iterations)
+        self.alpha = checks.finite_number("alpha", alpha)
+        self.every = checks.integer("every", every, minimum=1)
+        self.power_iterations = checks.integer("power_iterations", power_iterations, minimum=1)
+        self.warmup_iterations = checks.integer("warmup_iterations", warmup_iterations, minimum=1)
+        self.refresh_batch_size = None if refresh_batch_size is None else checks.integer(
+            "refresh_batch_size", refresh_batch_size, minimum=1
+        )
+        require(rule in RULES, "rule", f"one of {RULES}", rule)
         self.rule = rule
-        self.seed = int(seed)
-        self.warmup_iterations = int(warmup_iterations)
-        self.refresh_batch_size = None if refresh_batch_size is None else int(refresh_batch_size)
+        self.seed = checks.integer("seed", seed)
+        # Refreshes done, counted on the host (see `refresh_due`).
+        self.host_refreshes = 0
 
     @classmethod
     def amortized(cls, alpha=0.2, every=5, rule="signed", seed=0, warmup_iterations=10,
@@ -125,38 +118,45 @@ class EigenCorrection:
         )
 
     # -- schedule (host side: each kind of step is its own compiled variant) ------
-    def variants(self):
-        """Suffixes of the step variants that refresh the estimate."""
-        if self.warmup_iterations != self.power_iterations:
-            return ("+refresh", "+warmup")
-        return ("+refresh",)
+    def refresh_iteration_counts(self):
+        """The power iterations of the refreshing step variants: q, and the
+        first refresh's `warmup_iterations` where they differ."""
+        return tuple(dict.fromkeys((self.power_iterations, self.warmup_iterations)))
 
-    def refresh_variant(self, clock):
-        """"+refresh", "+warmup" (the first refresh) or "" for the next step.
+    def refresh_due(self, clock):
+        """Power iterations of a refresh in the next step (a `StepClock`), or 0.
 
-        `clock.eigen_refreshes` counts the refreshes done: read from the
-        optimizer when `fit` begins, counted on the host during it.
+        Due at the j-th sharpness-aware step of an epoch when j % p == 0 and
+        j > 0; the first refresh of training runs `warmup_iterations`.
         """
         if clock.epoch_sam_steps == 0 or clock.epoch_sam_steps % self.every:
-            return ""
-        if clock.eigen_refreshes == 0 and "+warmup" in self.variants():
-            return "+warmup"
-        return "+refresh"
+            return 0
+        return self.warmup_iterations if self.host_refreshes == 0 else self.power_iterations
+
+    def read_refreshes(self):
+        """Host side, when `fit` begins: the refreshes done so far, from the
+        state variable (a restored optimizer's too); during `fit` the host
+        counts them itself (`count_refresh`), since the variable may be
+        synchronised only at the end of an epoch (JAX)."""
+        self.host_refreshes = int(ops.convert_to_numpy(self.refreshes))
+
+    def count_refresh(self):
+        self.host_refreshes += 1
 
     # -- math --------------------------------------------------------------------
     def power_iteration(self, hvp, params, iterations=None):
         """Warm-started power iterations (q by default); returns (v, λ, check
         scalars)."""
         v = [ops.convert_to_tensor(e.value) for e in self.eigenvector]
-        eigenvalue, checks = None, []
+        eigenvalue, check_scalars = None, []
         kwargs = {} if self.refresh_batch_size is None else {"examples": self.refresh_batch_size}
         for _ in range(self.power_iterations if iterations is None else iterations):
             _, hv = hvp(params, v, **kwargs)
             eigenvalue = vectors.dot(v, hv)  # Rayleigh quotient, ‖v‖ = 1
             hv_norm = vectors.norm(hv)
-            checks.append(hv_norm)
+            check_scalars.append(hv_norm)
             v = vectors.scale(hv, 1.0 / (hv_norm + EPS))
-        return v, eigenvalue, checks
+        return v, eigenvalue, check_scalars
 
     def correct(self, g, v, ready):
         """The corrected direction d and the angle between g and v (degrees)."""
@@ -169,17 +169,15 @@ class EigenCorrection:
         angle = ops.arccos(ops.clip(c, -1.0, 1.0)) * (180.0 / math.pi)
         return d, angle
 
-    def estimate(self, params, hvp, refresh):
+    def estimate(self, params, hvp, refresh_iterations):
         """The eigenvector for this step; on a refresh step, refreshed at θ.
 
-        `refresh`: the step variant's suffix, "" (no refresh), "+refresh" (q
-        iterations) or "+warmup" (`warmup_iterations`). Returns (v, eigenvalue, ready, state_updates,
-        check scalars); `ready` is false before the first refresh (d is then
-        left as it is).
+        `refresh_iterations`: the step variant's power iterations, 0 for no
+        refresh. Returns (v, eigenvalue, ready, state_updates, check scalars);
+        `ready` is false before the first refresh (d is then left as it is).
         """
-        if refresh:
-            iterations = self.warmup_iterations if refresh == "+warmup" else None
-            v, eigenvalue, checks = self.power_iteration(hvp, params, iterations)
+        if refresh_iterations:
+            v, eigenvalue, check_scalars = self.power_iteration(hvp, params, refresh_iterations)
             ready = ops.convert_to_tensor(True)
             state_updates = [(e, value) for e, value in zip(self.eigenvector, v)]
             state_updates += [(self.eigenvalue, eigenvalue), (self.refreshes, self.refreshes + 1)]
@@ -187,8 +185,8 @@ class EigenCorrection:
             v = [ops.convert_to_tensor(e.value) for e in self.eigenvector]
             eigenvalue = ops.convert_to_tensor(self.eigenvalue.value)
             ready = self.refreshes.value > 0
-            state_updates, checks = [], []
-        return v, eigenvalue, ready, state_updates, checks
+            state_updates, check_scalars = [], []
+        return v, eigenvalue, ready, state_updates, check_scalars
 
     # -- serialization ---------------------------------------------------------
     def get_config(self):

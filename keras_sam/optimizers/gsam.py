@@ -21,7 +21,6 @@ Defaults α = 0.4 (pytorch-optimizer), ρ = 0.05. Official code:
 github.com/juntang-zhuang/GSAM.
 """
 
-import math
 import numbers
 
 import keras
@@ -29,7 +28,8 @@ import numpy as np
 from keras import ops
 
 from keras_sam import vectors
-from keras_sam.optimizers.base import SharpnessAwareOptimizer, _check_positive_number
+from keras_sam.optimizers import checks
+from keras_sam.optimizers.base import Direction, SharpnessAwareOptimizer
 from keras_sam.vectors import EPS
 
 _SCHEDULES = keras.optimizers.schedules
@@ -64,10 +64,7 @@ def learning_rate_bounds(optimizer):
 
 
 def _optional_number(name, value, allow_zero=True):
-    if value is not None:
-        _check_positive_number(name, value, allow_zero=allow_zero)
-        return float(value)
-    return None
+    return None if value is None else checks.positive_number(name, value, allow_zero=allow_zero)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -141,11 +138,7 @@ class GSAM(SharpnessAwareOptimizer):
         **kwargs,
     ):
         super().__init__(optimizer, rho=rho, **kwargs)
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (
-            math.isfinite(alpha) and alpha >= 0
-        ):
-            raise ValueError(f"`alpha` must be a finite number >= 0, received {alpha!r}.")
-        self.alpha = float(alpha)
+        self.alpha = checks.finite_number("alpha", alpha, at_least=0)
         rho_min = _optional_number("rho_min", rho_min)
         rho_max = _optional_number("rho_max", rho_max, allow_zero=False)
         lr_min = _optional_number("lr_min", lr_min)
@@ -161,6 +154,11 @@ class GSAM(SharpnessAwareOptimizer):
                 )
             self.rho_min = self.rho_max = self.lr_min = self.lr_max = None
             return
+        self.rho_min, self.rho_max = self._rho_range(rho_min, rho_max)
+        self.lr_min, self.lr_max = self._learning_rate_range(lr_min, lr_max)
+
+    def _rho_range(self, rho_min, rho_max):
+        """(ρ_min, ρ_max) of the learning-rate mode, checked."""
         if callable(self.rho):
             raise ValueError(
                 "`rho` is a schedule, but `rho_min`/`rho_max` make ρ follow the "
@@ -177,6 +175,10 @@ class GSAM(SharpnessAwareOptimizer):
             raise ValueError(
                 f"`rho_min` ({rho_min}) must not exceed `rho_max` ({rho_max})."
             )
+        return float(rho_min), float(rho_max)
+
+    def _learning_rate_range(self, lr_min, lr_max):
+        """(lr_min, lr_max): given, else read from the inner optimizer."""
         known_min, known_max = learning_rate_bounds(self.inner_optimizer)
         lr_min = known_min if lr_min is None else lr_min
         lr_max = known_max if lr_max is None else lr_max
@@ -192,8 +194,7 @@ class GSAM(SharpnessAwareOptimizer):
                 "ρ follows the learning rate between them. For a constant "
                 "learning rate use a constant `rho` (no `rho_min`/`rho_max`)."
             )
-        self.rho_min, self.rho_max = float(rho_min), float(rho_max)
-        self.lr_min, self.lr_max = float(lr_min), float(lr_max)
+        return float(lr_min), float(lr_max)
 
     def current_rho(self):
         """ρ_t: constant / a schedule of the step, or following lr_t."""
@@ -204,7 +205,7 @@ class GSAM(SharpnessAwareOptimizer):
         rho = self.rho_min + slope * (lr - self.lr_min)
         return ops.where(rho > 0.0, rho, 0.0)  # NaN > 0 is False
 
-    def direction(self, ascent, params, passes, variant):
+    def direction(self, ascent, params, passes, phase):
         g0, g1 = ascent.clean_grads, ascent.grads
         g0_norm, g1_norm = vectors.norm(g0), ascent.grads_norm
         cosine = vectors.dot(g0, g1) / (g0_norm * g1_norm + EPS)
@@ -212,8 +213,7 @@ class GSAM(SharpnessAwareOptimizer):
         parallel = vectors.scale(g1, cosine * g0_norm / (g1_norm + EPS))
         g_perp = vectors.subtract(g0, parallel)
         d = vectors.add_scaled(g1, -self.alpha, g_perp)
-        diagnostics = {"rho": ops.convert_to_tensor(self.current_rho(), "float32")}
-        return d, diagnostics, []
+        return Direction(d, {"rho": ops.convert_to_tensor(self.current_rho(), "float32")})
 
     def get_config(self):
         return {

@@ -17,14 +17,12 @@ Defaults ρ = 0.05, γ = 0.9, decoupled — the authors' code
 pytorch-optimizer's `WSAM` (γ = 0.9) both default to the decoupled step.
 """
 
-import math
-import numbers
-
 import keras
 from keras import ops
 
 from keras_sam import vectors
-from keras_sam.optimizers.base import SharpnessAwareOptimizer
+from keras_sam.optimizers import checks
+from keras_sam.optimizers.base import Direction, SharpnessAwareOptimizer
 
 # torch.nn.utils.clip_grad_norm_'s constant, which the authors' code calls.
 CLIP_EPS = 1e-6
@@ -96,23 +94,12 @@ class WSAM(SharpnessAwareOptimizer):
         self, optimizer, rho=0.05, gamma=0.9, decouple=True, clip_norm=None, **kwargs
     ):
         super().__init__(optimizer, rho=rho, **kwargs)
-        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not (
-            0.0 <= gamma < 1.0
-        ):
-            raise ValueError(
-                f"`gamma` must be a number in [0, 1) (the sharpness weight is "
-                f"gamma / (1 - gamma)), received {gamma!r}."
-            )
-        if not isinstance(decouple, bool):
-            raise ValueError(f"`decouple` must be True or False, received {decouple!r}.")
-        if clip_norm is not None and (
-            isinstance(clip_norm, bool)
-            or not isinstance(clip_norm, numbers.Real)
-            or not (math.isfinite(clip_norm) and clip_norm > 0)
-        ):
-            raise ValueError(
-                f"`clip_norm` must be None or a finite number > 0, received {clip_norm!r}."
-            )
+        checks.require(
+            checks.is_number(gamma) and 0.0 <= gamma < 1.0, "gamma",
+            "a number in [0, 1) (the sharpness weight is gamma / (1 - gamma))", gamma,
+        )
+        checks.require(isinstance(decouple, bool), "decouple", "True or False", decouple)
+        clip_norm = checks.finite_number("clip_norm", clip_norm, above=0, allow_none=True)
         if decouple and self.inner_optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "`decouple=True` applies the sharpness term after every inner "
@@ -129,17 +116,17 @@ class WSAM(SharpnessAwareOptimizer):
         self.gamma = float(gamma)
         self.weight = self.gamma / (1.0 - self.gamma)
         self.decouple = decouple
-        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.clip_norm = clip_norm
 
-    def direction(self, ascent, params, passes, variant):
+    def direction(self, ascent, params, passes, phase):
         g0, g1 = ascent.clean_grads, ascent.grads
         if self.clip_norm is not None:
             g0 = clip_by_global_norm(g0, self.clip_norm)
             g1 = clip_by_global_norm(g1, self.clip_norm, ascent.grads_norm)
         sharpness = vectors.subtract(g1, g0)
         if self.decouple:
-            return g0, {}, [], vectors.scale(sharpness, self.weight)
-        return vectors.add_scaled(g0, self.weight, sharpness), {}, []
+            return Direction(g0, extra_step=vectors.scale(sharpness, self.weight))
+        return Direction(vectors.add_scaled(g0, self.weight, sharpness))
 
     def get_config(self):
         return {

@@ -22,14 +22,14 @@ the smallest α), used from that step on. Defaults are the official code's:
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
 from keras_sam import backend
 from keras_sam import vectors
-from keras_sam.optimizers.base import SharpnessAwareOptimizer, _check_positive_number
+from keras_sam.optimizers import checks
+from keras_sam.optimizers.base import Direction, SharpnessAwareOptimizer
 from keras_sam.vectors import EPS
 
 SIN_PSI_FLOOR = 1e-8
@@ -64,14 +64,8 @@ def search_alpha(loss_at, grid_size, alpha_delta):
         return ops.where(better, loss, best_loss), ops.where(better, alpha, best_alpha)
 
     init = (ops.convert_to_tensor(-math.inf, "float32"), ops.convert_to_tensor(0.0, "float32"))
-    if backend.replicas_in_sync() > 1:
-        # tf.distribute: the probes all-reduce their losses, which a replica
-        # may not do inside a loop; unroll it.
-        state = init
-        for i in range(grid_size):
-            state = body(i, state)
-        return state[1]
-    _, best_alpha = ops.fori_loop(0, grid_size, body, init)
+    # The probes may all-reduce their losses across replicas.
+    _, best_alpha = backend.collective_fori_loop(0, grid_size, body, init)
     return best_alpha
 
 
@@ -121,32 +115,16 @@ class XSAM(SharpnessAwareOptimizer):
         **kwargs,
     ):
         super().__init__(optimizer, rho=rho, steps=steps, **kwargs)
-        _check_positive_number("rho_max", rho_max)
-        _check_positive_number("alpha_max", alpha_max)
-        _check_positive_number("alpha_delta", alpha_delta)
+        self.rho_max = checks.positive_number("rho_max", rho_max)
+        self.alpha_max = checks.positive_number("alpha_max", alpha_max)
+        self.alpha_delta = checks.positive_number("alpha_delta", alpha_delta)
         if alpha_delta > alpha_max:
             raise ValueError(
                 f"`alpha_delta` ({alpha_delta}) must not exceed `alpha_max` ({alpha_max})."
             )
-        for name, value in (("alpha", alpha), ("initial_alpha", initial_alpha)):
-            if value is None and name == "alpha":
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"`{name}` must be a finite number, received {value!r}.")
-        if search_every is not None and (
-            isinstance(search_every, bool)
-            or not isinstance(search_every, numbers.Integral)
-            or search_every < 1
-        ):
-            raise ValueError(
-                f"`search_every` must be None or an integer >= 1, received {search_every!r}."
-            )
-        self.rho_max = float(rho_max)
-        self.alpha = None if alpha is None else float(alpha)
-        self.alpha_max = float(alpha_max)
-        self.alpha_delta = float(alpha_delta)
-        self.initial_alpha = float(initial_alpha)
-        self.search_every = None if search_every is None else int(search_every)
+        self.alpha = None if alpha is None else checks.finite_number("alpha", alpha)
+        self.initial_alpha = checks.finite_number("initial_alpha", initial_alpha)
+        self.search_every = checks.integer("search_every", search_every, minimum=1, allow_none=True)
         # 0, Δ, …, A; the tolerance keeps A itself when A/Δ is whole.
         self.grid_size = int(math.floor(self.alpha_max / self.alpha_delta + 1e-9)) + 1
 
@@ -160,10 +138,10 @@ class XSAM(SharpnessAwareOptimizer):
             shape=(), dtype="int32", initializer="zeros", aggregation="none", name="searches"
         )
 
-    def method_variants(self):
+    def method_phases(self):
         return ("default",) if self.alpha is not None else ("default", "search")
 
-    def select_method_variant(self, clock):
+    def method_phase(self, clock):
         if self.alpha is not None:
             return "default"
         if self.search_every:
@@ -172,13 +150,13 @@ class XSAM(SharpnessAwareOptimizer):
             due = clock.epoch_sam_steps == 0
         return "search" if due else "default"
 
-    def direction(self, ascent, params, passes, variant):
+    def direction(self, ascent, params, passes, phase):
         s = ascent.grads_norm
         v0 = vectors.scale(ascent.displacement, 1.0 / (vectors.norm(ascent.displacement) + EPS))
         v1 = vectors.scale(ascent.grads, 1.0 / (s + EPS))
         psi = ops.arccos(ops.clip(vectors.dot(v0, v1), -1.0, 1.0))
         state_updates = []
-        if variant == "search":
+        if phase == "search":
 
             def loss_at(alpha):
                 return passes.loss(vectors.add_scaled(params, self.rho_max, slerp(v0, v1, alpha, psi)))
@@ -192,7 +170,7 @@ class XSAM(SharpnessAwareOptimizer):
             alpha = ops.convert_to_tensor(self.alpha_value.value)
         d = vectors.scale(slerp(v0, v1, alpha, psi), s)
         diagnostics = {"alpha": alpha, "psi": psi * (180.0 / math.pi)}
-        return d, diagnostics, state_updates
+        return Direction(d, diagnostics, state_updates)
 
     def get_config(self):
         return {

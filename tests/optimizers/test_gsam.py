@@ -88,7 +88,8 @@ def test_removed_part_is_the_component_of_g0_orthogonal_to_g1():
     g0_t, g1_t = tensors[:2], tensors[2:]
     g1_norm = keras.ops.convert_to_tensor(reference.norm(g1), "float32")
     ascent = Ascent(0.0, None, g0_t, g1_t, 0.0, g1_t, g1_norm, [])
-    d, _, updates = optimizer.direction(ascent, None, None, "default")
+    result = optimizer.direction(ascent, None, None, "default")
+    d, updates = result.vector, result.state_updates
     d = [keras.ops.convert_to_numpy(t) for t in d]
     removed = [(b - x) / 0.7 for b, x in zip(g1, d)]  # g_⊥ = (g_1 − d)/α
     assert abs(reference.dot(removed, g1)) < 1e-5 * reference.norm(removed) * reference.norm(g1)

@@ -75,7 +75,8 @@ def make_ascent(displacement, grads):
 
 
 def xsam_direction(optimizer, displacement, grads):
-    d, diagnostics, _ = optimizer.direction(make_ascent(displacement, grads), None, None, "default")
+    result = optimizer.direction(make_ascent(displacement, grads), None, None, "default")
+    d, diagnostics = result.vector, result.diagnostics
     return [ops.convert_to_numpy(t) for t in d], diagnostics
 
 

@@ -1,0 +1,216 @@
+"""The passes of one training step: functions of the trainable values on the
+step's mini-batch, built once per step by `gather`.
+
+Every pass sees the same mini-batch, in training mode, as a pure function of
+the variable values (`stateless_call`): the model's variables hold the clean
+θ throughout, and no pass changes any of them — non-trainable updates and
+metric states come back in `aux`, for `keras_sam.commit` to commit.
+"""
+
+import dataclasses
+
+import keras
+from keras import ops
+from keras import tree
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+from keras_sam import backend
+from keras_sam.stateless import stateless_loss
+
+
+@dataclasses.dataclass
+class Passes:
+    """Functions of the trainable values on the current mini-batch.
+
+    `value_and_grad(values) -> ((loss, aux), grads)`: training mode, with the
+    non-trainable updates returned in `aux` rather than applied.
+    `loss(values) -> loss`: a forward pass only, training mode, statistics
+    discarded (XSAM's probes).
+    `hvp(values, vectors, examples=None) -> (grads, Hv)`: Hessian-vector
+    product (on the first `examples` of the batch, if given) of the loss
+    in inference mode (X-SAM's eigenvector refresh).
+    """
+
+    value_and_grad: object
+    loss: object
+    hvp: object = None
+    # A perturbation group's share of the mini-batch (its weight in the mean).
+    share: object = None
+
+
+@dataclasses.dataclass
+class BatchPasses:
+    """A step's passes, and the state they start from."""
+
+    passes: Passes  # on the whole mini-batch (this replica's share of it)
+    groups: list  # one `Passes` per perturbation group, or None
+    params: list  # trainable values θ
+    non_trainable: list  # non-trainable values before the step
+    metrics_values: list  # metric states before the step
+    replicas: int  # replicas running the step side by side (tf.distribute)
+
+    def clean_aux(self, aux):
+        """The clean pass' `(y_pred, non-trainable, metric states)`: an
+        `Update.aux`, merged over the perturbation groups if any."""
+        if self.groups is None:
+            return aux
+        return merge_group_aux(aux, [g.share for g in self.groups], self.metrics_values)
+
+
+def _values(variables):
+    """Current values as tensors (inside a JAX stateless scope: its values)."""
+    return [ops.convert_to_tensor(v.value) for v in variables]
+
+
+def gather(model, data, optimizer, loss_scaler=None):
+    """The `BatchPasses` of one step of `model` on `data` = (x, y, sample_weight).
+
+    `optimizer` (a `SharpnessAwareOptimizer`) gives the perturbation groups;
+    `loss_scaler` is the `LossScaleOptimizer` around it, if any.
+    """
+    non_trainable = _values(model.non_trainable_variables)
+    metrics_values = _values(model.metrics_variables)
+    replicas = backend.replicas_in_sync()
+    group_count = optimizer.perturbation_group_count()
+    if group_count > 1 and group_count % replicas:
+        raise ValueError(
+            f"perturbation_groups={optimizer.perturbation_groups} ({group_count} "
+            f"groups) does not divide among the {replicas} replicas."
+        )
+
+    def passes_on(data, all_reduce):
+        return make_passes(model, data, non_trainable, metrics_values, loss_scaler, all_reduce)
+
+    # One perturbation for the global batch: the replicas' ascent gradients
+    # are averaged before they are used.
+    passes = passes_on(data, all_reduce=group_count == 1 and replicas > 1)
+    groups = None
+    local_groups = max(1, group_count // replicas)  # one group: the global batch's
+    if local_groups > 1:
+        parts, shares = split_batch(data, local_groups)
+        groups = [
+            dataclasses.replace(passes_on(part, all_reduce=False), share=share)
+            for part, share in zip(parts, shares)
+        ]
+    return BatchPasses(
+        passes=passes,
+        groups=groups,
+        params=_values(model.trainable_variables),
+        non_trainable=non_trainable,
+        metrics_values=metrics_values,
+        replicas=replicas,
+    )
+
+
+def make_passes(model, data, non_trainable, metrics_values, loss_scaler, all_reduce):
+    """The `Passes` of `model` on `data`; with `all_reduce`, their losses and
+    gradients are the mean over the replicas."""
+
+    def loss_fn(values, training=True, data=data):
+        loss, aux = stateless_loss(
+            model, values, non_trainable, metrics_values, *data, training
+        )
+        # tf.distribute scales each replica's loss by 1/replicas: the method
+        # works with this share's own mean loss.
+        return unscale_loss_for_distribution(loss), aux
+
+    value_and_grad = unscaled_value_and_grad(loss_fn, loss_scaler)
+    forward = backend.forward(lambda values: loss_fn(values)[0])
+
+    def hvp(values, vectors, examples=None):
+        # The curvature is always the global batch's (or of the first
+        # `examples` of each replica's share).
+        part = data if examples is None else tree.map_structure(
+            lambda t: None if t is None else t[:examples], data
+        )
+        return backend.all_reduce_mean(backend.hvp(
+            lambda v: loss_fn(v, training=False, data=part)[0], values, vectors
+        ))
+
+    if not all_reduce:
+        return Passes(value_and_grad=value_and_grad, loss=forward, hvp=hvp)
+
+    def global_value_and_grad(values):
+        (loss, aux), grads = value_and_grad(values)
+        loss, grads = backend.all_reduce_mean((loss, grads))
+        return (loss, aux), grads
+
+    return Passes(
+        value_and_grad=global_value_and_grad,
+        loss=lambda values: backend.all_reduce_mean(forward(values)),
+        hvp=hvp,
+    )
+
+
+def unscaled_value_and_grad(loss_fn, loss_scaler):
+    """Value and gradient of `loss_fn`, through dynamic loss scaling if any.
+
+    Under `mixed_float16` every pass differentiates the scaled loss (so that
+    float16 gradients do not underflow) and unscales the gradient at once:
+    the method normalises, compares and combines unscaled gradients, and the
+    final direction is never unscaled twice. An overflow shows as a
+    non-finite norm and skips the step.
+    """
+    if loss_scaler is None:
+        return backend.value_and_grad(loss_fn)
+    scale = ops.convert_to_tensor(loss_scaler.dynamic_scale.value)
+
+    def scaled_loss_fn(values):
+        loss, aux = loss_fn(values)
+        return ops.multiply(loss, ops.cast(scale, loss.dtype)), (loss, aux)
+
+    scaled_value_and_grad = backend.value_and_grad(scaled_loss_fn)
+
+    def value_and_grad(values):
+        (_, (loss, aux)), grads = scaled_value_and_grad(values)
+        return (loss, aux), [g / ops.cast(scale, g.dtype) for g in grads]
+
+    return value_and_grad
+
+
+def split_batch(data, groups):
+    """`groups` contiguous parts of every array in `data` (x, y, sw), and
+    each part's share of the batch.
+
+    Part i holds examples ⌊iB/G⌋ … ⌊(i+1)B/G⌋ − 1: equal parts when G divides
+    the batch size B, else sizes differing by one (a last, partial batch —
+    whose size a compiled step may not know while tracing).
+    """
+    first = next(i for i in tree.flatten(data) if i is not None)
+    size = ops.shape(first)[0]
+    if isinstance(size, int) and size < groups:
+        raise ValueError(
+            f"A batch of {size} examples cannot make {groups} perturbation groups."
+        )
+    bounds = [(i * size) // groups for i in range(groups + 1)]
+    parts = [
+        tree.map_structure(lambda t, a=a, b=b: None if t is None else t[a:b], data)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    shares = [
+        ops.cast(b - a, "float32") / ops.cast(size, "float32")
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return parts, shares
+
+
+def merge_group_aux(auxes, shares, metrics_values):
+    """One clean-pass aux from the perturbation groups' ones.
+
+    Predictions are concatenated; float non-trainable values (BatchNorm's
+    moving statistics) averaged with the groups' shares of the batch (as
+    replicas' are averaged under data parallelism); metric states (the
+    compiled loss' trackers) are sums of per-batch increments.
+    """
+    y_preds, non_trainables, metrics = zip(*auxes)
+    y_pred = tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *y_preds)
+    non_trainable = [
+        sum(v * ops.cast(w, v.dtype) for v, w in zip(values, shares))
+        if keras.backend.is_float_dtype(values[0].dtype) else values[0]
+        for values in zip(*non_trainables)
+    ]
+    metrics_values = [
+        old + sum(new - old for new in values)
+        for old, values in zip(metrics_values, zip(*metrics))
+    ]
+    return y_pred, non_trainable, metrics_values
