@@ -52,7 +52,7 @@ NEEDS_SAM_MODEL = (
 
 @dataclasses.dataclass
 class Ascent:
-    """The result of the ascent phase of one step (ALGORITHMS.md §1).
+    """The result of the ascent phase of one step (docs/algorithms.md, "SAM").
 
     `clean_*` are at θ, the rest at the last ascent point θ_k = θ + Σ e_i.
     """
@@ -374,7 +374,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         return e, tg_norm
 
     def ascend(self, grad_fn, params):
-        """Clean pass and k ascent steps of length ρ/k (ALGORITHMS.md §1–2).
+        """Clean pass and k ascent steps of length ρ/k (docs/algorithms.md, "SAM", "ASAM").
 
         `grad_fn(values) -> ((loss, aux), grads)`.
         """
@@ -418,8 +418,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         """Names of the method's compiled step variants (e.g. XSAM's search).
 
         Periodic work runs as its own compiled function, chosen from Python
-        before each step: inside a conditional XLA:CPU slows backward passes
-        17–34×, and a conditional would trace both branches' passes.
+        before each step: XLA:CPU slows backward passes inside a conditional
+        (benchmarks/README.md, "Hessian-vector products"), and a conditional
+        would trace both branches' passes.
         """
         return ("default",)
 
