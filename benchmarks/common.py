@@ -15,8 +15,8 @@ time: a script's parent process can use it before choosing its backend.
   quickly; `numpy_glorot_uniform`: its seeded NumPy initializer.
 - `load_cifar10_train`, `load_cifar10_test`, `balanced_subset`, `normalize`,
   `load_cifar10_subset`, `epoch_orders`: the local CIFAR-10 copy
-  (`cifar10_train_part{1,2}.npz`, `cifar10_test.npz`, official order; see
-  shared/data/README.md) as NumPy arrays, and per-seed batch orders.
+  (`cifar10_train_part{1,2}.npz`, `cifar10_test.npz`, official order; the format
+  is in benchmarks/README.md) as NumPy arrays, and per-seed batch orders.
 - `SUBSET_PROTOCOL`: the training protocol of `generalization.py` and
   `sharpness.py`; `METHODS`, `make_optimizer`, `method_label`,
   `method_description`: the methods they compare, with their defaults.
@@ -154,7 +154,7 @@ def require_files(data_dir, names):
         sys.exit(
             f"error: CIFAR-10 not found: {', '.join(missing)} does not exist.\n"
             f"Pass --data-dir DIR, a folder holding {', '.join(names)} "
-            "(uint8 NHWC images, int64 labels, official order; see shared/data/README.md)."
+            "(uint8 NHWC images, int64 labels, official order; see benchmarks/README.md)."
         )
     return paths
 

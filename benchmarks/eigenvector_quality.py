@@ -142,7 +142,7 @@ def check_data(args):
         sys.exit(
             f"error: CIFAR-10 not found: {path} does not exist.\n"
             f"Pass --data-dir DIR, a folder holding {DATA_FILE} "
-            "(keys x_train uint8 (25000,32,32,3), y_train int64; see shared/data/README.md)."
+            "(keys x_train uint8 (25000,32,32,3), y_train int64; see benchmarks/README.md)."
         )
     return path
 

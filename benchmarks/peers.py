@@ -34,7 +34,7 @@ SGD(lr 0.05, momentum 0.9), two forward–backward passes per step, on both side
   step), inside one `jax.jit` step written here around the Keras model's
   `stateless_call` (BatchNorm moving statistics from the clean pass passed
   through, as in Keras' JAX trainer; its arguments donated, as Keras does).
-  optax's `normalize()` divides by ‖g‖ without an eps (ALGORITHMS.md has
+  optax's `normalize()` divides by ‖g‖ without an eps (docs/algorithms.md has
   ‖g‖ + 1e-12): immaterial unless ‖g‖ ≈ 0.
 - **PyTorch — pytorch-optimizer 4.1.0** `SAM(params, torch.optim.SGD, rho=0.05,
   lr=0.05, momentum=0.9)` on the Keras model's own parameters (on the torch
@@ -47,12 +47,12 @@ SGD(lr 0.05, momentum 0.9), two forward–backward passes per step, on both side
   (pytorch-optimizer's `disable_running_stats` only knows torch's own
   BatchNorm modules, not Keras'); keras_sam keeps the clean pass's only, so
   the BN-statistics column differs on torch, not the weights.
-- **TensorFlow — a hand-written two-tape step** (ALGORITHMS.md §1): clean tape
+- **TensorFlow — a hand-written two-tape step** (docs/algorithms.md "SAM"): clean tape
   → g_0; e = ρ g_0 / (‖g_0‖ + 1e-12); `assign_add(e)`; second tape → g_1;
   `assign_sub(e)`; `optimizer.apply(g_1)` with a Keras SGD(0.05, momentum=0.9);
   the BatchNorm moving statistics saved before the perturbed pass and restored
-  after it (§0: the clean pass only updates them). In a `tf.function` (graph
-  row) and with `jit_compile=True` (XLA row), against keras_sam compiled with
+  after it (docs/algorithms.md, "Conventions": the clean pass only updates
+  them). In a `tf.function` (graph row) and with `jit_compile=True` (XLA row), against keras_sam compiled with
   `jit_compile=False` / `True` to match.
 
 **Agreement.** Per row, both sides start from the same weights and take one
@@ -119,8 +119,8 @@ PEER_NOTES = {
     "loop also updates BatchNorm's moving statistics on the perturbed pass (by design; its "
     "disable_running_stats helper does not apply to Keras layers), keras_sam on the clean "
     "pass only: the BN-statistics column differs, the weights do not.",
-    "tensorflow": "hand-written ALGORITHMS.md §1 step (BN statistics of the perturbed pass "
-    "discarded, as §0): the same SAM.",
+    "tensorflow": "hand-written SAM step of docs/algorithms.md (BN statistics of the perturbed "
+    "pass discarded, as its Conventions say): the same SAM.",
 }
 RHO, LR, MOMENTUM, EPS = 0.05, 0.05, 0.9, 1e-12
 MARKER = "@@PEERS_JSON@@"
@@ -278,7 +278,7 @@ class TorchOptimizerSAMRunner:
 
 
 class TwoTapeSAMRunner:
-    """TensorFlow: ALGORITHMS.md §1 written by hand, two tapes, in a tf.function."""
+    """TensorFlow: docs/algorithms.md "SAM" written by hand, two tapes, in a tf.function."""
 
     def __init__(self, keras, batch, init_weights, jit):
         import tensorflow as tf
@@ -299,7 +299,8 @@ class TwoTapeSAMRunner:
             grads = tape.gradient(loss, variables)
             scale = RHO / (tf.linalg.global_norm(grads) + EPS)
             perturbation = [g * scale for g in grads]
-            # BN statistics: the clean pass's, those of the perturbed pass discarded (§0).
+            # BN statistics: the clean pass's; the perturbed pass's are discarded
+            # (docs/algorithms.md, "Conventions").
             saved = [tf.identity(v.value) for v in statistics_]
             for v, e in zip(variables, perturbation):
                 v.assign_add(e)

@@ -6,7 +6,7 @@
 
 Data. By default CIFAR-10 is read from the local copy `../shared/data/` next to
 the repository (`cifar10_train_part{1,2}.npz`, `cifar10_test.npz`, official
-order; see its README) or from `--data-dir`; `--source tfds` (or local files
+order; the format is in benchmarks/README.md) or from `--data-dir`; `--source tfds` (or local files
 missing) uses `tfds.load("cifar10")` instead — an already prepared tfds cache
 if there is one, otherwise a download, tried only after a 5-second reachability
 check so that an offline machine fails at once instead of hanging. Either way

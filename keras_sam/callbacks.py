@@ -37,8 +37,8 @@ class SharpnessMonitor(keras.callbacks.Callback):
     those before it do not.
 
     Cost per monitored epoch: up to `max_iterations + trace_samples`
-    Hessian-vector products and one gradient on `data` (each product about
-    2-3.5 gradients): keep `data` small (a few hundred samples), or split
+    Hessian-vector products and one gradient on `data` (each product a few
+    gradients): keep `data` small (a few hundred samples), or split
     it with `batch_size`. The products are compiled once for the whole run.
 
     Args:

@@ -1,4 +1,4 @@
-"""Curvature diagnostics of a compiled Keras model (PyHessian-class, ALGORITHMS.md §7).
+"""Curvature diagnostics of a compiled Keras model (PyHessian-class; docs/algorithms.md, "Curvature diagnostics").
 
 Everything here is written once with `keras.ops` on top of `backend.hvp`, the
 backend's forward-over-reverse Hessian-vector product, and works on the
@@ -36,13 +36,12 @@ reseeded with `seed` for each evaluation, leaving the global RNG untouched).
 On TensorFlow, training-mode BatchNorm gets exact second derivatives from
 `backend.hvp` (Keras' `tf.nn.moments` would make them wrong, see there).
 
-Cost: one Hessian-vector product costs about 2-3.5 gradients (small CNN,
-batch 128, CPU, `benchmarks/hvp_time.py`: JAX 2.0x, torch 2.6-2.9x, TF
-3.2-3.3x). Products run compiled (`jax.jit` on JAX, `tf.function` on
-TensorFlow; eager on torch) and are traced once per model, mode and batch
-shape: a power iteration, or a monitor called every epoch, does not retrace
-(the first product pays the trace, ~2-4 s for that CNN; uncompiled, every
-product would cost 1.6x more on JAX and 1.9-2.4x more on TF).
+Cost: one Hessian-vector product costs a few gradients (measured by
+`benchmarks/hvp_time.py`; figures in benchmarks/README.md). Products run
+compiled (`jax.jit` on JAX, `tf.function` on TensorFlow; eager on torch) and
+are traced once per model, mode and batch shape: a power iteration, or a
+monitor called every epoch, does not retrace (the first product pays the
+trace).
 
 Under mixed precision the loss is computed as in training (in the compute
 dtype, not scaled by a `LossScaleOptimizer`); float16 products are noisy.
@@ -239,7 +238,10 @@ class Curvature:
 
     Args:
         model: a compiled Keras model (a plain `keras.Model`, a `SAMModel`...).
-        x, y, sample_weight, batch_size: the data (see the module docstring).
+        x: the data (see the module docstring): inputs, or batches.
+        y: targets, when `x` holds inputs only.
+        sample_weight: optional per-example weights.
+        batch_size: split arrays into batches of this size.
         training: evaluate the model in training mode (default: inference).
         seed: torch only, training mode only: the seed of the fixed dropout mask.
     """

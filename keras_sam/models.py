@@ -4,7 +4,7 @@
 `SharpnessAwareMixin` gives the same step to your own `keras.Model` subclass.
 Compiled with a plain Keras optimizer, both train exactly like Keras' own step.
 
-Conventions of the step (ALGORITHMS.md §0):
+Conventions of the step (docs/algorithms.md, "Conventions"):
 - every pass sees the same mini-batch, in training mode, as a pure function of
   the variable values (`stateless_call`); the model's variables hold the clean
   θ throughout and the inner optimizer steps from there;

@@ -1,6 +1,6 @@
 """Vector algebra on lists of tensors: all trainable variables as one vector.
 
-Norms and inner products are global over the whole list (ALGORITHMS.md §0),
+Norms and inner products are global over the whole list (docs/algorithms.md, "Conventions"),
 accumulated in float32 at least, whatever the dtype of the tensors.
 """
 

@@ -1,6 +1,6 @@
 """Independent NumPy references (float64) for the tests.
 
-Closed-form losses and gradients, the methods written from ALGORITHMS.md,
+Closed-form losses and gradients, the methods written from docs/algorithms.md,
 and Keras' SGD-with-momentum update rule.
 """
 
@@ -48,7 +48,7 @@ def dot(xs, ys):
 
 # -- methods -----------------------------------------------------------------------
 def ascent(loss_and_grad, params, rho, steps=1, adaptive=False, eta=0.01, scaled=None):
-    """k ascent steps of length ρ/k (ALGORITHMS.md §1–2): (θ_k − θ, g_k)."""
+    """k ascent steps of length ρ/k (docs/algorithms.md "SAM", "ASAM"): (θ_k − θ, g_k)."""
     scaled = scaled or [True] * len(params)
     _, g = loss_and_grad(params)
     displacement = [np.zeros_like(p) for p in params]
@@ -81,7 +81,7 @@ def slerp(v0, v1, alpha, psi):
 
 def xsam_direction(loss_and_grad, params, rho, alpha, steps=1, rho_max=None, grid=None,
                    **kwargs):
-    """XSAM (ALGORITHMS.md §5). With `grid`, α is searched first: returns (d, α, losses)."""
+    """XSAM (docs/algorithms.md "XSAM"). With `grid`, α is searched first: returns (d, α, losses)."""
     displacement, g = ascent(loss_and_grad, params, rho, steps=steps, **kwargs)
     s = norm(g)
     v0 = [e / norm(displacement) for e in displacement]
@@ -115,7 +115,7 @@ def train(make_problem, params, batches, direction_fn, optimizer):
     return params
 
 
-# -- X-SAM (ALGORITHMS.md §6) ------------------------------------------------------
+# -- X-SAM (docs/algorithms.md "X-SAM") ------------------------------------------------
 def eigen_corrected(g, v, alpha, rule):
     """ĝ − α|c|v ("signed") or ĝ − α c v ("symmetric"), c = ⟨ĝ, v⟩."""
     g_hat = [x / (norm(g) + EPS) for x in g]
@@ -150,7 +150,7 @@ def linear_regression_hessian_times(x):
     return hessian_times
 
 
-# -- GSAM (ALGORITHMS.md §3) -------------------------------------------------------
+# -- GSAM (docs/algorithms.md "GSAM") --------------------------------------------------
 def gsam_direction(loss_and_grad, params, rho, alpha, **kwargs):
     """d = g_k − α g_⊥, g_⊥ = g_0 − (⟨g_0, g_k⟩/(‖g_0‖‖g_k‖ + eps)) ‖g_0‖ g_k/(‖g_k‖ + eps)."""
     _, g0 = loss_and_grad(params)
@@ -166,7 +166,7 @@ def gsam_rho(lr, rho_min, rho_max, lr_min, lr_max):
     return max(0.0, rho_min + (rho_max - rho_min) * (lr - lr_min) / (lr_max - lr_min))
 
 
-# -- WSAM (ALGORITHMS.md §4) -------------------------------------------------------
+# -- WSAM (docs/algorithms.md "WSAM") --------------------------------------------------
 def clip_by_global_norm(xs, max_norm):
     """torch.nn.utils.clip_grad_norm_: xs · min(1, c / (‖xs‖ + 1e-6))."""
     factor = min(1.0, max_norm / (norm(xs) + 1e-6))

@@ -2,6 +2,8 @@
 
 The backend is fixed when Keras is imported, so each backend gets its own
 pytest process. Usage: `python tests/run_all_backends.py [pytest args]`.
+pytest's output is passed through as it comes (progress, then the reasons of
+skipped tests, `-rs`); the last line sums the three runs.
 """
 
 import os
@@ -14,23 +16,33 @@ BACKENDS = ("tensorflow", "jax", "torch")
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 
+def run_streaming(command, env):
+    """Runs `command`, copying its output to ours as it arrives; returns (exit code, output)."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks = []
+    while chunk := os.read(process.stdout.fileno(), 4096):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        chunks.append(chunk)
+    process.stdout.close()
+    return process.wait(), b"".join(chunks).decode(errors="replace")
+
+
 def main(args):
     totals, failed_backends = {}, []
     for backend in BACKENDS:
         print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         start = time.time()
-        process = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        returncode, output = run_streaming(
+            [sys.executable, "-m", "pytest", "-q", "-rs", *args], env=dict(env, PYTHONUNBUFFERED="1")
         )
-        sys.stdout.write(process.stdout)
-        summary = process.stdout.strip().splitlines()[-1] if process.stdout.strip() else ""
+        summary = output.strip().splitlines()[-1] if output.strip() else ""
         for count, kind in COUNTS.findall(summary):
             kind = "errors" if kind.startswith("error") else kind
             totals[kind] = totals.get(kind, 0) + int(count)
-        print(f"=== {backend}: exit {process.returncode} in {time.time() - start:.0f} s", flush=True)
-        if process.returncode != 0:
+        print(f"=== {backend}: exit {returncode} in {time.time() - start:.0f} s", flush=True)
+        if returncode != 0:
             failed_backends.append(backend)
     failed = totals.get("failed", 0) + totals.get("errors", 0)
     if failed_backends and not failed:

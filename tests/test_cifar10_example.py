@@ -1,7 +1,7 @@
 """examples/cifar10.py: the tf.data pipeline and one tiny end-to-end run on this backend.
 
-Skipped only if the local CIFAR-10 copy (../shared/data next to the repository)
-is absent.
+The tests that read the local CIFAR-10 copy (../shared/data next to the
+repository) are skipped when it is absent; the model's structure is always tested.
 """
 
 import importlib.util
@@ -17,7 +17,7 @@ _spec = importlib.util.spec_from_file_location("cifar10_example", ROOT / "exampl
 cifar10 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cifar10)
 
-pytestmark = pytest.mark.skipif(
+needs_data = pytest.mark.skipif(
     not cifar10.local_files_present(cifar10.DEFAULT_DATA_DIR),
     reason=f"CIFAR-10 .npz files not in {cifar10.DEFAULT_DATA_DIR}",
 )
@@ -29,6 +29,7 @@ def arrays():
     return cifar10.load_local_arrays(cifar10.DEFAULT_DATA_DIR, train_size=12, test_size=5)
 
 
+@needs_data
 def test_local_arrays_are_official_order(arrays):
     x_train, y_train, x_test, y_test = arrays
     assert x_train.shape == (12, 32, 32, 3) and x_train.dtype == np.uint8
@@ -37,6 +38,7 @@ def test_local_arrays_are_official_order(arrays):
     np.testing.assert_array_equal(y_test, [3, 8, 8, 0, 6])
 
 
+@needs_data
 @pytest.mark.parametrize("pad_mode", ["zero", "reflect"])
 def test_pipeline_crops_flips_and_normalises(arrays, pad_mode):
     import tensorflow as tf
@@ -103,6 +105,7 @@ def test_resnet_structure(depth):
     assert len(batchnorms) == 1 + 6 * n + 2
 
 
+@needs_data
 def test_tiny_run_writes_history(tmp_path):
     out = tmp_path / "history.json"
     record = cifar10.main([

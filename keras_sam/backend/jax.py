@@ -16,7 +16,7 @@ def value_and_grad(fn):
 def hvp(fn, params, vectors):
     """Gradient of `fn` at `params` and the Hessian-vector product H·v.
 
-    Forward-over-reverse: the JVP of the gradient (about 1.4× a gradient).
+    Forward-over-reverse: the JVP of the gradient.
     """
     grads, hv = jax.jvp(jax.grad(fn), (list(params),), (list(vectors),))
     return grads, hv

@@ -32,8 +32,8 @@ def _second_order_moments():
 
     Keras' TF `moments` is `tf.nn.moments`, which stops the gradient through
     the mean inside the variance: first derivatives stay exact (that gradient
-    is zero), second derivatives do not (training-mode BatchNorm HVPs are off
-    by up to ~30 %). The same forward values, without the stop-gradient, while
+    is zero), second derivatives do not (training-mode BatchNorm HVPs come out
+    wrong). The same forward values, without the stop-gradient, while
     the function is run (or traced).
     """
     original = _keras_tf_nn._compute_moments

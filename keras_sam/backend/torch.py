@@ -88,9 +88,8 @@ def hvp(fn, params, vectors):
     """Gradient of `fn` at `params` and the Hessian-vector product H·v.
 
     Eager: double backward (`autograd.grad` of ⟨∇f, v⟩ with `create_graph`),
-    measured faster than `torch.func` here (CNN, 67k parameters, CPU:
-    2.6-2.9x against 3.3-3.6x a gradient; 1.3x against 3.3x on a tiny MLP,
-    `benchmarks/hvp_time.py`). Under
+    measured faster than `torch.func` (`benchmarks/hvp_time.py`; figures in
+    benchmarks/README.md). Under
     `torch.compile`, where double backward does not work: forward-over-reverse
     with `torch.func` (`jvp` of `grad`). Works under `torch.no_grad()`;
     returns detached tensors, zeros for unconnected parameters.

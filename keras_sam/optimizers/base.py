@@ -56,7 +56,7 @@ NEEDS_SAM_MODEL = (
 
 @dataclasses.dataclass
 class Ascent:
-    """The result of the ascent phase of one step (ALGORITHMS.md §1).
+    """The result of the ascent phase of one step (docs/algorithms.md, "SAM").
 
     `clean_*` are at θ, the rest at the last ascent point θ_k = θ + Σ e_i.
     """
@@ -379,7 +379,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         return sam.perturbation(grads, radius)
 
     def ascend(self, grad_fn, params):
-        """Clean pass and k ascent steps of length ρ/k (ALGORITHMS.md §1–2).
+        """Clean pass and k ascent steps of length ρ/k (docs/algorithms.md, "SAM", "ASAM").
 
         `grad_fn(values) -> ((loss, aux), grads)`.
         """
@@ -419,7 +419,13 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     # -- compiled step variants, chosen from Python between steps -------------
     def method_phases(self):
         """Names of the method's phases, each a compiled step variant (e.g.
-        XSAM's "search")."""
+        XSAM's "search").
+
+        Periodic work runs as its own compiled function, chosen from Python
+        before each step: XLA:CPU slows backward passes inside a conditional
+        (benchmarks/README.md, "Hessian-vector products"), and a conditional
+        would trace both branches' passes.
+        """
         return ("default",)
 
     def method_phase(self, clock):

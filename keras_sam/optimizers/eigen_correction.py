@@ -20,7 +20,7 @@ Then, with g_1 the final perturbed gradient of the method it corrects
 d is not renormalised; before the first refresh d = g_1. Defaults α = 0.2,
 p = 5, q = 5 (official code; its README uses p = 3).
 
-Cost: a refresh is q Hessian-vector products (each 2–3 gradients on CPU,
+Cost: a refresh is q Hessian-vector products (each a few gradients:
 benchmarks/hvp_time.py). `EigenCorrection.amortized()` keeps one warm-started
 power iteration per refresh (q = 1): the estimate converges across refreshes
 while the eigenvector drifts slowly, at a fraction of the cost. Its first

@@ -88,21 +88,23 @@ class GSAM(SharpnessAwareOptimizer):
             or callable of the step as for `SAM`. Learning-rate mode: the
             default of `rho_max`, and must be a float.
         alpha: α ≥ 0, the weight of the orthogonal component. 0.4. α = 0 is SAM.
-        rho_min, rho_max: give either (or both) to make ρ follow the inner
+        rho_min: ρ_min. Give `rho_min` or `rho_max` (or both) to make ρ follow the inner
             optimizer's learning rate lr_t (evaluated at the current step,
             the rate this step uses): ρ_t = ρ_min + (ρ_max − ρ_min)
             (lr_t − lr_min)/(lr_max − lr_min), clipped at 0 below (as `SAM`'s
             ρ schedules), not clipped to [ρ_min, ρ_max] (nor is the official
             code's). `rho_min` is required in this mode; `rho_max` defaults
             to `rho`. 0 ≤ ρ_min ≤ ρ_max, ρ_max > 0.
-        lr_min, lr_max: the learning-rate range mapped onto [ρ_min, ρ_max].
-            Default: read from the inner optimizer where it is known — a float
+        rho_max: ρ_max (see `rho_min`).
+        lr_min: with `lr_max`, the learning-rate range mapped onto
+            [ρ_min, ρ_max]. Default: read from the inner optimizer where it is known — a float
             learning rate gives lr_max (then lr_min is required: for a
             constant learning rate ρ_t = ρ_max, and a callback that lowers
             the rate lowers ρ); Keras' `PiecewiseConstantDecay`,
             `PolynomialDecay` and `CosineDecay` (also with warmup) give both
             (their smallest and largest values). Any other schedule: both
             required. lr_max must exceed lr_min.
+        lr_max: the top of that range (see `lr_min`).
         **kwargs: `steps`, `adaptive`, `eta`, `adaptive_variables`, `start`,
             `every`, `diagnostics`, `name` as for `SAM`.
 
