@@ -22,10 +22,8 @@ import dataclasses
 import keras
 from keras import ops
 from keras import tree
-from keras.src.losses.loss import unscale_loss_for_distribution
-from keras.src.trainers.data_adapters import data_adapter_utils
-
 from keras_sam import backend
+from keras_sam import keras_private
 from keras_sam import vectors
 from keras_sam.optimizers.base import Passes, SharpnessAwareOptimizer
 from keras_sam.stateless import stateless_loss
@@ -286,7 +284,7 @@ class SharpnessAwareMixin:
     # -- the step ------------------------------------------------------------
     def _sharpness_aware_step(self, data):
         optimizer = self.sharpness_aware_optimizer
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not self.built:
             # TF without a distribution strategy defers building to the first
             # trace of the step; the unused outputs are pruned from the graph.
@@ -316,7 +314,7 @@ class SharpnessAwareMixin:
                 )
                 # tf.distribute scales each replica's loss by 1/replicas: the
                 # method works with this share's own mean loss.
-                return unscale_loss_for_distribution(loss), aux
+                return keras_private.unscale_loss_for_distribution(loss), aux
 
             value_and_grad = _unscaled_value_and_grad(loss_fn, loss_scaler)
             forward = backend.forward(lambda values: loss_fn(values)[0])
@@ -396,7 +394,7 @@ class SharpnessAwareMixin:
             variable.assign(value)
 
         batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
-        self._loss_tracker.update_state(update.loss, sample_weight=batch_size)
+        keras_private.loss_tracker(self).update_state(update.loss, sample_weight=batch_size)
         weight = ops.cast(update.finite, "float32")
         for tracker in self._diagnostic_trackers():
             if tracker.name not in update.diagnostics:

@@ -1,7 +1,8 @@
 """Runs the test suite once per Keras backend and prints one combined summary.
 
 The backend is fixed when Keras is imported, so each backend gets its own
-pytest process. Usage: `python tests/run_all_backends.py [pytest args]`.
+pytest process. Usage: `python tests/run_all_backends.py [pytest args]`;
+`--backends=jax,tensorflow` (first) runs those backends only.
 """
 
 import os
@@ -15,8 +16,15 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|desel
 
 
 def main(args):
+    backends = BACKENDS
+    if args and args[0].startswith("--backends="):
+        backends = tuple(args[0].split("=", 1)[1].split(","))
+        args = args[1:]
+        unknown = set(backends) - set(BACKENDS)
+        if unknown:
+            raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
     totals, failed_backends = {}, []
-    for backend in BACKENDS:
+    for backend in backends:
         print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         start = time.time()
@@ -38,7 +46,8 @@ def main(args):
     line = f"{totals.get('passed', 0)} passed, {failed} failed"
     if totals.get("skipped"):
         line += f", {totals['skipped']} skipped"
-    print("\nall backends: " + line)
+    label = "all backends" if backends == BACKENDS else ",".join(backends)
+    print(f"\n{label}: " + line)
     return 1 if failed_backends else 0
 
 
