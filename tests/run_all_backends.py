@@ -2,7 +2,8 @@
 
 The backend is fixed when Keras is imported, so each backend gets its own
 pytest process. Usage: `python tests/run_all_backends.py [pytest args]`;
-`--backends=jax,tensorflow` (first) runs those backends only.
+`--backends=jax,tensorflow` runs those backends only; `--parallel` runs the
+backends' processes side by side (options first, in this order).
 """
 
 import os
@@ -15,6 +16,31 @@ BACKENDS = ("tensorflow", "jax", "torch")
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 
+def _start(backend, args):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _finish(backend, process, start, totals):
+    """Waits for one backend's pytest, prints its output; its counts go into
+    `totals`. Returns the exit code."""
+    output = process.communicate()[0]
+    print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
+    sys.stdout.write(output)
+    summary = output.strip().splitlines()[-1] if output.strip() else ""
+    counts = COUNTS.findall(summary)
+    for count, kind in counts:
+        kind = "errors" if kind.startswith("error") else kind
+        totals[kind] = totals.get(kind, 0) + int(count)
+    listed = ", ".join(f"{count} {kind}" for count, kind in counts) or "no pytest summary"
+    print(f"=== {backend}: exit {process.returncode} in {time.time() - start:.0f} s"
+          f" ({listed})", flush=True)
+    return process.returncode
+
+
 def main(args):
     backends = BACKENDS
     if args and args[0].startswith("--backends="):
@@ -23,23 +49,20 @@ def main(args):
         unknown = set(backends) - set(BACKENDS)
         if unknown:
             raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
-    totals, failed_backends = {}, []
-    for backend in backends:
-        print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    parallel = bool(args) and args[0] == "--parallel"
+    if parallel:
+        args = args[1:]
+    totals = {}
+    if parallel:
         start = time.time()
-        process = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        sys.stdout.write(process.stdout)
-        summary = process.stdout.strip().splitlines()[-1] if process.stdout.strip() else ""
-        for count, kind in COUNTS.findall(summary):
-            kind = "errors" if kind.startswith("error") else kind
-            totals[kind] = totals.get(kind, 0) + int(count)
-        print(f"=== {backend}: exit {process.returncode} in {time.time() - start:.0f} s", flush=True)
-        if process.returncode != 0:
-            failed_backends.append(backend)
+        processes = {backend: _start(backend, args) for backend in backends}
+        codes = {b: _finish(b, p, start, totals) for b, p in processes.items()}
+    else:
+        codes = {}
+        for backend in backends:
+            start = time.time()
+            codes[backend] = _finish(backend, _start(backend, args), start, totals)
+    failed_backends = [backend for backend, code in codes.items() if code != 0]
     failed = totals.get("failed", 0) + totals.get("errors", 0)
     if failed_backends and not failed:
         failed = len(failed_backends)  # a crash without a pytest summary
