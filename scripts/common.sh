@@ -1,8 +1,9 @@
 # Shared by the check scripts in this folder (sourced, not run).
 
 # The engine and method tests: the training step, every method, the backends'
-# HVPs, the Hessian diagnostics and the private Keras members. No examples,
-# benchmarks or multi-device runs.
+# HVPs, the Hessian diagnostics, mixed precision and the private Keras members.
+# No examples, benchmarks, multi-device runs, perturbation groups or inner
+# optimizer options (to keep .ci/run's second pass short).
 ENGINE_AND_METHOD_TESTS=(
     tests/test_keras_private.py
     tests/test_models.py
@@ -10,8 +11,6 @@ ENGINE_AND_METHOD_TESTS=(
     tests/backend
     tests/test_hessian.py
     tests/test_callbacks.py
-    tests/test_perturbation_groups.py
-    tests/test_inner_optimizer_options.py
     tests/test_mixed_precision.py
 )
 
