@@ -1,5 +1,8 @@
 """keras_sam: sharpness-aware optimizers for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
+# The package version: set here only (pyproject.toml reads it).
+__version__ = "0.1.0"
+
 from keras_sam import callbacks, hessian
 from keras_sam.models import SAMModel, SharpnessAwareMixin
 from keras_sam.optimizers import (
@@ -13,7 +16,6 @@ from keras_sam.optimizers import (
     SharpnessAwareOptimizer,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ASAM",

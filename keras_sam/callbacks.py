@@ -3,9 +3,9 @@
 import math
 
 import keras
-from keras.src.utils.io_utils import print_msg
 
 from keras_sam import hessian
+from keras_sam import keras_private
 
 __all__ = ["SharpnessMonitor"]
 
@@ -138,5 +138,7 @@ class SharpnessMonitor(keras.callbacks.Callback):
             logs.update(values)
         if self.verbose:
             text = " - ".join(f"{name}: {value:.4g}" for name, value in values.items())
-            print_msg(f"SharpnessMonitor epoch {epoch + 1}: {text} "
-                      f"({self.power_iterations} power iterations)")
+            keras_private.print_msg(
+                f"SharpnessMonitor epoch {epoch + 1}: {text} "
+                f"({self.power_iterations} power iterations)"
+            )

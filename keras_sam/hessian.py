@@ -54,10 +54,8 @@ import keras
 import numpy as np
 from keras import ops
 from keras import tree
-from keras.src.losses.loss import unscale_loss_for_distribution
-from keras.src.trainers.data_adapters import data_adapter_utils
-
 from keras_sam import backend
+from keras_sam import keras_private
 from keras_sam import vectors as vec
 from keras_sam.stateless import stateless_loss
 
@@ -80,7 +78,7 @@ def _stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_w
         loss, _ = stateless_loss(
             model, values, non_trainable, metrics_values, x, y, sample_weight, training
         )
-    return unscale_loss_for_distribution(loss)
+    return keras_private.unscale_loss_for_distribution(loss)
 
 
 def _check_model(model):
@@ -118,7 +116,7 @@ def _batches(x, y=None, sample_weight=None, batch_size=None):
             raw = [x]
         else:
             raw = [tuple(b) if isinstance(b, list) else b for b in x]
-        raw = [data_adapter_utils.unpack_x_y_sample_weight(b) for b in raw]
+        raw = [keras.utils.unpack_x_y_sample_weight(b) for b in raw]
     else:
         raw = [(x, y, sample_weight)]
     batches = [tuple(tree.map_structure(_leaf_to_tensor, part) for part in b) for b in raw]

@@ -20,10 +20,9 @@ Conventions of the step (docs/algorithms.md, "Conventions"):
 import keras
 from keras import ops
 from keras import tree
-from keras.src.trainers.data_adapters import data_adapter_utils
-
 from keras_sam import backend
 from keras_sam import commit
+from keras_sam import keras_private
 from keras_sam import passes
 from keras_sam.optimizers.base import SharpnessAwareOptimizer
 from keras_sam.optimizers.variants import DEFAULT, StepClock
@@ -176,7 +175,7 @@ class SharpnessAwareMixin:
     def _sharpness_aware_step(self, data):
         """Gather the batch's passes, compute the method's update, commit it."""
         optimizer = self.sharpness_aware_optimizer
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._build_for_step(x)
         loss_scaler = self.optimizer if self.optimizer is not optimizer else None
         batch = passes.gather(self, (x, y, sample_weight), optimizer, loss_scaler)
@@ -197,7 +196,7 @@ class SharpnessAwareMixin:
         """The clean pass' loss and metrics, the diagnostics' running means
         (over committed sharpness-aware steps) and `skipped_steps`."""
         batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
-        self._loss_tracker.update_state(update.loss, sample_weight=batch_size)
+        keras_private.loss_tracker(self).update_state(update.loss, sample_weight=batch_size)
         weight = ops.cast(update.finite, "float32")
         for tracker in self._diagnostic_trackers():
             if tracker.name not in update.diagnostics:

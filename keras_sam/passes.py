@@ -12,9 +12,9 @@ import dataclasses
 import keras
 from keras import ops
 from keras import tree
-from keras.src.losses.loss import unscale_loss_for_distribution
 
 from keras_sam import backend
+from keras_sam import keras_private
 from keras_sam.stateless import stateless_loss
 
 
@@ -112,7 +112,7 @@ def make_passes(model, data, non_trainable, metrics_values, loss_scaler, all_red
         )
         # tf.distribute scales each replica's loss by 1/replicas: the method
         # works with this share's own mean loss.
-        return unscale_loss_for_distribution(loss), aux
+        return keras_private.unscale_loss_for_distribution(loss), aux
 
     value_and_grad = unscaled_value_and_grad(loss_fn, loss_scaler)
     forward = backend.forward(lambda values: loss_fn(values)[0])

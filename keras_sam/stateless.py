@@ -1,5 +1,7 @@
 """A model's loss as a pure function of its variable values."""
 
+from keras_sam import keras_private
+
 
 def stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_weight,
                    training=True):
@@ -8,14 +10,12 @@ def stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_we
     No variable is changed: returns `(loss, (y_pred, new non-trainable values,
     new metric values))`, as the JAX trainer's `compute_loss_and_updates`.
     """
-    kwargs = {"training": training} if model._call_has_training_arg else {}
+    kwargs = {"training": training} if keras_private.call_has_training_arg(model) else {}
     y_pred, non_trainable, losses = model.stateless_call(
         values, non_trainable, x, return_losses=True, **kwargs
     )
-    if losses:  # activity regularizers etc., made visible to compute_loss
-        model._losses_override.clear()
-        model._losses_override = losses
-    try:
+    # Activity regularizers etc., made visible to compute_loss.
+    with keras_private.losses_override(model, losses):
         loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
             values,
             non_trainable,
@@ -26,7 +26,4 @@ def stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_we
             sample_weight=sample_weight,
             training=training,
         )
-    finally:
-        if losses:
-            model._losses_override.clear()
     return loss, (y_pred, non_trainable, metrics_values)

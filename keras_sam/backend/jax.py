@@ -6,7 +6,6 @@ import contextlib
 import jax
 import keras
 from keras import ops
-from keras.src.backend.common.stateless_scope import StatelessScope
 
 
 def value_and_grad(fn):
@@ -46,7 +45,7 @@ def run_train_step(model, step_fn, args):
         for variables, values in zip(groups, state)
         for variable, value in zip(variables, values)
     ]
-    with StatelessScope(state_mapping=mapping) as scope:
+    with keras.StatelessScope(state_mapping=mapping) as scope:
         logs = step_fn(data)
     new_state = tuple(
         [scope.get_current_value(v) for v in variables] for variables in groups

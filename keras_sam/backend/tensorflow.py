@@ -1,10 +1,12 @@
 """TensorFlow: a `GradientTape` that watches the given value tensors."""
 
 import contextlib
+import warnings
 
 import tensorflow as tf
 from keras import ops
-from keras.src.backend.tensorflow import nn as _keras_tf_nn
+
+from keras_sam import keras_private
 
 
 def value_and_grad(fn):
@@ -34,14 +36,22 @@ def _second_order_moments():
     the mean inside the variance: first derivatives stay exact (that gradient
     is zero), second derivatives do not (training-mode BatchNorm HVPs come out
     wrong). The same forward values, without the stop-gradient, while
-    the function is run (or traced).
+    the function is run (or traced). Where this Keras has no such hook, the
+    product runs with Keras' own moments, and a warning says so.
     """
-    original = _keras_tf_nn._compute_moments
-    _keras_tf_nn._compute_moments = _exact_moments
-    try:
+    with keras_private.tensorflow_moments_replaced_by(_exact_moments) as replaced:
+        if not replaced:
+            warnings.warn(
+                "keras_sam could not find Keras' TensorFlow `_compute_moments` "
+                f"(in {' or '.join(keras_private.TENSORFLOW_MOMENTS_MODULES)}): "
+                "Hessian-vector products run with `tf.nn.moments`, so those "
+                "through `keras.ops.moments` (training-mode BatchNormalization, "
+                "LayerNormalization, GroupNormalization) have inexact second "
+                "derivatives; models without such layers are not affected.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         yield
-    finally:
-        _keras_tf_nn._compute_moments = original
 
 
 def hvp(fn, params, vectors):

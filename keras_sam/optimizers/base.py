@@ -23,9 +23,9 @@ import numbers
 
 import keras
 from keras import ops
-from keras.src.utils import tracking
 
 from keras_sam import backend
+from keras_sam import keras_private
 from keras_sam import vectors
 from keras_sam.optimizers import checks
 from keras_sam.optimizers.checks import require
@@ -288,7 +288,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     # ------------------------------------------------------------------
     # State
     # ------------------------------------------------------------------
-    @tracking.no_automatic_dependency_tracking
+    @keras_private.no_automatic_dependency_tracking
     def build(self, var_list):
         # Guards against double creation: `build` is reached from `compile`,
         # loading, and the first step, like any Keras optimizer.
@@ -315,7 +315,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return super().variables + self.inner_optimizer.variables
 
     @property
     def learning_rate(self):

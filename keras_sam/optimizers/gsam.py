@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sam import keras_private
 from keras_sam import vectors
 from keras_sam.optimizers import checks
 from keras_sam.optimizers.base import Direction, SharpnessAwareOptimizer
@@ -43,7 +44,7 @@ def learning_rate_bounds(optimizer):
     PolynomialDecay and CosineDecay (with or without warmup) give both. Any
     other schedule or callable gives (None, None).
     """
-    lr = optimizer._learning_rate
+    lr = keras_private.learning_rate_object(optimizer)
     if isinstance(lr, keras.Variable) or isinstance(lr, numbers.Real):
         # The shortest decimal of the float32 value: 0.1, not 0.10000000149.
         return None, float(str(np.float32(ops.convert_to_numpy(lr))))
@@ -188,7 +189,7 @@ class GSAM(SharpnessAwareOptimizer):
             if value is None:
                 raise ValueError(
                     f"`{name}` is required: it cannot be read from the inner "
-                    f"optimizer's learning rate ({self.inner_optimizer._learning_rate!r})."
+                    f"optimizer's learning rate ({keras_private.learning_rate_object(self.inner_optimizer)!r})."
                 )
         if not lr_max > lr_min:
             raise ValueError(

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_sam
+from keras_sam.keras_private import learning_rate_object
 from keras_sam.optimizers.base import Ascent
 from keras_sam.optimizers.gsam import learning_rate_bounds
 from tests import reference
@@ -226,7 +227,7 @@ def test_config_round_trip(kwargs):
     restored = keras_sam.GSAM.from_config(config)
     without_inner = lambda c: {k: v for k, v in c.items() if k != "optimizer"}
     assert without_inner(restored.get_config()) == without_inner(config)
-    assert isinstance(restored.inner_optimizer._learning_rate, SCHEDULES.CosineDecay)
+    assert isinstance(learning_rate_object(restored.inner_optimizer), SCHEDULES.CosineDecay)
     attributes = ("rho", "alpha", "rho_min", "rho_max", "lr_min", "lr_max", "steps", "adaptive")
     assert [getattr(restored, a) for a in attributes] == [getattr(gsam, a) for a in attributes]
     assert restored.follows_learning_rate == ("rho_max" in kwargs)

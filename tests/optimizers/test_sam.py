@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_sam
+from keras_sam.keras_private import learning_rate_object
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
 
@@ -191,9 +192,9 @@ def test_config_round_trip_nests_the_inner_optimizer():
     config = sam.get_config()
     restored = keras_sam.SAM.from_config(config)
     assert isinstance(restored.inner_optimizer, keras.optimizers.AdamW)
-    schedule = restored.inner_optimizer._learning_rate
+    schedule = learning_rate_object(restored.inner_optimizer)
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
-    assert schedule.get_config() == inner._learning_rate.get_config()
+    assert schedule.get_config() == learning_rate_object(inner).get_config()
     assert restored.inner_optimizer.clipnorm == 1.0
     assert restored.inner_optimizer.weight_decay == 0.05
     assert (restored.rho, restored.steps, restored.diagnostics) == (0.1, 2, False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import keras_sam
+from keras_sam.keras_private import learning_rate_object
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
 from tests.optimizers.test_gsam import assert_raises_naming
@@ -161,7 +162,7 @@ def test_config_round_trip():
         restored = keras_sam.WSAM.from_config(wsam.get_config())
         attributes = ("rho", "gamma", "weight", "decouple", "clip_norm", "steps", "adaptive")
         assert [getattr(restored, a) for a in attributes] == [getattr(wsam, a) for a in attributes]
-        assert isinstance(restored.inner_optimizer._learning_rate, SCHEDULES.CosineDecay)
+        assert isinstance(learning_rate_object(restored.inner_optimizer), SCHEDULES.CosineDecay)
         serialized = keras.saving.serialize_keras_object(wsam)
         assert isinstance(keras.saving.deserialize_keras_object(serialized), keras_sam.WSAM)
 

@@ -1,0 +1,37 @@
+# Shared by the check scripts in this folder (sourced, not run).
+
+# The engine and method tests: the training step, every method, the backends'
+# HVPs, the Hessian diagnostics, mixed precision and the private Keras members.
+# No examples, benchmarks, multi-device runs, perturbation groups or inner
+# optimizer options (to keep .ci/run's second pass short).
+ENGINE_AND_METHOD_TESTS=(
+    tests/test_keras_private.py
+    tests/test_models.py
+    tests/optimizers
+    tests/backend
+    tests/test_hessian.py
+    tests/test_callbacks.py
+    tests/test_mixed_precision.py
+)
+
+# fresh_venv DIR: a new, empty virtual environment at DIR, activated.
+fresh_venv() {
+    python3 -m venv --clear "$1"
+    # shellcheck disable=SC1091
+    . "$1/bin/activate"
+}
+
+# print_versions: the versions that matter, one line.
+print_versions() {
+    python - <<'PY'
+from importlib import metadata
+names = ["keras", "keras-nightly", "tensorflow-cpu", "tf-nightly-cpu", "jax", "torch", "numpy"]
+found = []
+for name in names:
+    try:
+        found.append(f"{name}=={metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        pass
+print("versions: " + " ".join(found))
+PY
+}

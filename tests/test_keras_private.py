@@ -1,0 +1,180 @@
+"""One test per private Keras member keras_sam uses (`keras_sam.keras_private`).
+
+When a Keras release moves one of them, the test of that member fails here,
+by name, while `import keras_sam` keeps working.
+"""
+
+import pathlib
+import re
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_sam import backend, keras_private
+from tests.conftest import BACKEND
+
+PACKAGE = pathlib.Path(keras_private.__file__).parent
+
+
+def dense_model(call_takes_training=True, activity_regularizer=None):
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2, activity_regularizer=activity_regularizer)
+
+        def call(self, x):
+            return self.dense(x)
+
+    class WithTraining(Plain):
+        def call(self, x, training=None):
+            return self.dense(x)
+
+    model = WithTraining() if call_takes_training else Plain()
+    model.build((None, 3))
+    return model
+
+
+def test_only_keras_private_touches_keras_internals():
+    """Every other module uses public Keras names (or this module)."""
+    # `keras.src...`, or `name._member` where `name` is neither `self` nor
+    # one of keras_sam's own modules.
+    own = "|".join(sorted({"self", *(p.stem for p in PACKAGE.rglob("*.py"))}))
+    private_access = re.compile(rf"keras\.src|\b(?!(?:{own})\b)[A-Za-z_]\w*\._(?!_)[a-z]\w*")
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "keras_private.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if private_access.search(code) and "keras_private." not in code:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_a_missing_member_names_itself_at_use():
+    with pytest.raises(keras_private.KerasInternalsChanged, match=r"keras\.src\.nowhere\.thing"):
+        keras_private._member(["keras.src.nowhere"], "thing")
+    with pytest.raises(keras_private.KerasInternalsChanged, match=r"Dense\._no_such_member"):
+        keras_private._attribute(keras.layers.Dense(1), "_no_such_member")
+
+
+def test_unscale_loss_for_distribution():
+    # Outside tf.distribute the loss is unchanged (tests/test_distribution.py
+    # runs the step under two TF replicas, where it is scaled).
+    loss = ops.convert_to_tensor(np.float32(0.75))
+    assert float(ops.convert_to_numpy(keras_private.unscale_loss_for_distribution(loss))) == 0.75
+
+
+def test_loss_tracker():
+    model = dense_model()
+    model.compile(optimizer="sgd", loss="mse")
+    tracker = keras_private.loss_tracker(model)
+    assert isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss"
+    tracker.update_state(2.0, sample_weight=3)
+    tracker.update_state(6.0, sample_weight=1)
+    # The tracker is the compiled model's `loss` metric.
+    assert any(metric is tracker for metric in model.metrics)
+    assert float(ops.convert_to_numpy(tracker.result())) == 3.0
+
+
+def test_call_has_training_arg():
+    assert keras_private.call_has_training_arg(dense_model(call_takes_training=True)) is True
+    assert keras_private.call_has_training_arg(dense_model(call_takes_training=False)) is False
+
+
+def test_losses_override():
+    model = dense_model(activity_regularizer=keras.regularizers.L2(1.0))
+    x = np.ones((2, 3), "float32")
+    values = [v.value for v in model.trainable_variables]
+    _, _, losses = model.stateless_call(
+        values, [v.value for v in model.non_trainable_variables], x, return_losses=True
+    )
+    assert len(losses) == 1
+    with keras_private.losses_override(model, losses):
+        assert model.losses == losses
+    assert model.losses == []
+    # Nothing to override: model.losses as it is.
+    with keras_private.losses_override(model, []):
+        assert model.losses == []
+
+
+def test_learning_rate_object():
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=10)
+    assert keras_private.learning_rate_object(keras.optimizers.SGD(schedule)) is schedule
+    constant = keras_private.learning_rate_object(keras.optimizers.SGD(0.25))
+    assert isinstance(constant, keras.Variable)
+    assert float(ops.convert_to_numpy(constant)) == 0.25
+
+
+class _OptimizerWithState(keras.optimizers.SGD):
+    def build(self, var_list):
+        if self.built:
+            return
+        self.counter = self.add_variable(shape=(), dtype="int32", name="counter")
+        self.held = [keras.Variable(1.0, name="held_in_a_list")]
+        super().build(var_list)
+
+
+def test_no_automatic_dependency_tracking():
+    """Under the decorator, what `build` assigns is not tracked: a variable
+    in a list attribute does not join the optimizer's variables (without it,
+    it does); those made by `add_variable` are listed once."""
+
+    class Untracked(_OptimizerWithState):
+        build = keras_private.no_automatic_dependency_tracking(_OptimizerWithState.build)
+
+    names = {}
+    for cls in (_OptimizerWithState, Untracked):
+        optimizer = cls(0.1)
+        optimizer.build([keras.Variable(np.zeros(2, "float32"))])
+        names[cls] = [v.name for v in optimizer.variables]
+    assert names[Untracked].count("counter") == 1
+    assert "held_in_a_list" not in names[Untracked]
+    assert "held_in_a_list" in names[_OptimizerWithState]  # the test can fail
+    assert Untracked.build.__name__ == "build"
+
+
+def test_print_msg(capsys):
+    keras.config.enable_interactive_logging()
+    keras_private.print_msg("sharpness 1.5")
+    assert capsys.readouterr().out == "sharpness 1.5\n"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras' TensorFlow backend")
+def test_tensorflow_moments_replaced_by():
+    x = ops.convert_to_tensor(np.arange(6, dtype="float32").reshape(3, 2))
+
+    def constant_moments(x, axes, keepdims):
+        return ops.zeros((2,)), ops.ones((2,)) * 7.0
+
+    with keras_private.tensorflow_moments_replaced_by(constant_moments) as replaced:
+        assert replaced is True
+        _, variance = ops.moments(x, axes=[0])
+        np.testing.assert_array_equal(ops.convert_to_numpy(variance), [7.0, 7.0])
+    # Restored on exit.
+    _, variance = ops.moments(x, axes=[0])
+    np.testing.assert_allclose(ops.convert_to_numpy(variance), [8 / 3, 8 / 3], rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras' TensorFlow backend")
+def test_hvp_without_the_moments_hook_warns_and_runs(monkeypatch):
+    """Where Keras has moved `_compute_moments`, the HVP still runs (with
+    Keras' own moments) and warns; the import never depended on it."""
+    x = ops.convert_to_tensor(np.array([[0.0], [1.0], [3.0]], "float32"))
+    v = [ops.ones((1,))]
+
+    def variance_of_shifted(params):  # Var(x + θ) over the batch: ∂²/∂θ² = 0
+        return ops.sum(ops.moments(x + params[0], axes=[0])[1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, exact = backend.hvp(variance_of_shifted, [ops.zeros((1,))], v)
+    monkeypatch.setattr(keras_private, "TENSORFLOW_MOMENTS_MODULES", ("keras_sam.nowhere",))
+    with pytest.warns(RuntimeWarning, match="inexact second derivatives"):
+        _, fallback = backend.hvp(variance_of_shifted, [ops.zeros((1,))], v)
+    np.testing.assert_allclose(ops.convert_to_numpy(exact[0]), [0.0], atol=1e-6)
+    # tf.nn.moments stops the gradient through the mean: 2·v instead of 0.
+    np.testing.assert_allclose(ops.convert_to_numpy(fallback[0]), [2.0], rtol=1e-6)
