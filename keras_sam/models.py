@@ -26,7 +26,6 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_sam import backend
-from keras_sam import vectors
 from keras_sam.optimizers.base import Passes, SharpnessAwareOptimizer
 from keras_sam.stateless import stateless_loss
 
@@ -222,6 +221,8 @@ class SharpnessAwareMixin:
         variants = optimizer.step_variants() if optimizer is not None else ("default",)
         if self.train_function is not None and not force:
             return self.train_function
+        if optimizer is not None:
+            backend.check_train_setup(self)
         if len(variants) == 1:
             self.__dict__["_sam_variant"] = variants[0]
             return super().make_train_function(force=force)
@@ -356,7 +357,8 @@ class SharpnessAwareMixin:
                 for part, share in zip(parts, shares)
             ]
         update = optimizer.compute_update(
-            passes, params, self.__dict__.get("_sam_variant", "default"), groups
+            passes, params, self.__dict__.get("_sam_variant", "default"), groups,
+            group_count=group_count,
         )
         if groups is not None:
             aux = _merge_group_aux(update.aux, shares, metrics_values)
@@ -364,13 +366,13 @@ class SharpnessAwareMixin:
             aux = update.aux
         y_pred, new_non_trainable, new_metrics_values = aux
         if replicas > 1:
-            # Skip on every replica if any one saw a non-finite value, and
-            # hand the inner optimizer this replica's share: it sums them.
+            # Skip on every replica if any one saw a non-finite value; every
+            # replica's inner optimizer steps with the replicas' mean direction.
             finite = backend.all_reduce_mean(ops.cast(update.finite, "float32")) >= 1.0
             update = dataclasses.replace(
                 update,
                 finite=finite,
-                direction=vectors.scale(update.direction, 1.0 / replicas),
+                direction=backend.direction_for_optimizer(update.direction),
                 extra_step=(
                     None if update.extra_step is None
                     else backend.all_reduce_mean(update.extra_step)

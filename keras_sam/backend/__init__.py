@@ -19,8 +19,16 @@ module provides the same names:
   each on its share of the batch (TF `MirroredStrategy`); 1 where the step is
   one program on global arrays (JAX `keras.distribution`) or one device.
 - `all_reduce_mean(values)`: mean over those replicas (identity at 1).
+- `direction_for_optimizer(direction)`: what each replica hands the inner
+  optimizer so that every replica steps with the replicas' mean direction
+  (TF's optimizer sums the replicas' gradients; torch's applies its own).
 - `data_parallel_size()`: the data-parallel replicas or devices of the
   current distribution (`perturbation_groups="replica"`).
+- `check_train_setup(model)`: raises for a setup the step cannot run
+  (torch: `torch.compile` or model parallelism under torch.distributed).
+
+On torch, the replicas are the ranks of `torch.distributed` (one process
+per device, each fed its own share of the global batch).
 """
 
 import importlib
@@ -37,7 +45,9 @@ _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
 all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
+check_train_setup = _impl.check_train_setup
 data_parallel_size = _impl.data_parallel_size
+direction_for_optimizer = _impl.direction_for_optimizer
 forward = _impl.forward
 hvp = _impl.hvp
 replicas_in_sync = _impl.replicas_in_sync

@@ -476,7 +476,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             return backend.data_parallel_size()
         return self.perturbation_groups
 
-    def compute_update(self, passes, params, variant="default", groups=None):
+    def compute_update(self, passes, params, variant="default", groups=None,
+                       group_count=None):
         """One sharpness-aware step's math, without touching any variable.
 
         Args:
@@ -493,6 +494,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 weights where it is None). The
                 eigenvector of an `eigen_correction` is refreshed on the whole
                 mini-batch (`passes.hvp`) and corrects every group's direction.
+            group_count: the perturbation groups of the global batch, all
+                replicas together (default: those of `groups`).
         """
         if variant == "plain":  # the inner optimizer's own step
             (loss, aux), grads = passes.value_and_grad(params)
@@ -506,6 +509,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
         method_variant = variant.split("+")[0]
         groups = list(groups) if groups else [passes]
+        group_count = len(groups) if group_count is None else group_count
         ascents, directions, diagnostics, extra_steps = [], [], [], []
         state_updates, checks = [], []
         for group in groups:
@@ -513,7 +517,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             d, group_diagnostics, group_updates, *extra_step = self.direction(
                 ascent, params, group, method_variant
             )
-            if group_updates and len(groups) > 1:
+            if group_updates and group_count > 1:
                 raise ValueError(
                     f"The {method_variant!r} step of {type(self).__name__} updates "
                     "the optimizer's state from the step's own gradients, which "
