@@ -128,6 +128,8 @@ def train(case, rank=None):
         "weights": [keras.ops.convert_to_numpy(w) for w in model.trainable_weights],
         "statistics": [keras.ops.convert_to_numpy(w) for w in model.non_trainable_weights],
         "counters": [int(keras.ops.convert_to_numpy(c)) for c in counters],
+        # keras-nightly wraps the model in DistributedDataParallel.
+        "ddp": getattr(model, "ddp_model", None) is not None,
     }
 
 
@@ -177,16 +179,21 @@ def run():
     Returns one record per case and the refusals' messages of each rank. The
     one-process runs happen while the ranks train.
     """
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as out_dir:
-        init_file = os.path.join(out_dir, "init")
-        processes = mp.spawn(worker, args=(init_file, out_dir), nprocs=RANKS, join=False)
-        single = [train(case) for case in CASES]
-        starts = [initial_weights(case) for case in CASES]
-        while not processes.join():
-            pass
-        ranks = [np.load(os.path.join(out_dir, f"rank{r}.npy"), allow_pickle=True)
-                 for r in range(RANKS)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks run beside this process
+    try:
+        with tempfile.TemporaryDirectory() as out_dir:
+            init_file = os.path.join(out_dir, "init")
+            processes = mp.spawn(worker, args=(init_file, out_dir), nprocs=RANKS,
+                                 join=False)
+            single = [train(case) for case in CASES]
+            starts = [initial_weights(case) for case in CASES]
+            while not processes.join():
+                pass
+            ranks = [np.load(os.path.join(out_dir, f"rank{r}.npy"), allow_pickle=True)
+                     for r in range(RANKS)]
+    finally:
+        torch.set_num_threads(threads)
     records = []
     for case, one, start, first, second in zip(CASES, single, starts, ranks[0][0],
                                                ranks[1][0]):
@@ -202,6 +209,7 @@ def run():
             "moved": max_difference(one["weights"], start),
             "single": one["counters"],
             "distributed": [first["counters"], second["counters"]],
+            "ddp": [first["ddp"], second["ddp"]],
         })
     return records, [r[1] for r in ranks]
 

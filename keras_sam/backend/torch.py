@@ -1,4 +1,56 @@
-"""PyTorch: `torch.autograd.grad` on detached leaf copies of the values."""
+"""PyTorch: `torch.autograd.grad` on detached leaf copies of the values.
+
+Data parallel over `torch.distributed`: one process per device (rank), each
+running `fit` on its own share of every global batch, the ranks' means
+all-reduced inside the step. The optimizer's `perturbation_groups` keeps its
+meaning: `1` is one process on the global batch, `"replica"` one ascent per
+rank. With Keras 3.15 (no torch data parallel of its own)::
+
+    # torchrun --nproc_per_node=2 train.py
+    import os
+    os.environ["KERAS_BACKEND"] = "torch"
+    import torch.distributed as dist
+    dist.init_process_group("gloo")  # "nccl" on GPUs, after
+                                     # torch.cuda.set_device(local rank)
+    rank, ranks = dist.get_rank(), dist.get_world_size()
+    import keras, keras_sam
+
+    model = keras_sam.SAMModel(build_model())
+    model.compile(optimizer=keras_sam.SAM(keras.optimizers.SGD(0.1)),
+                  loss="sparse_categorical_crossentropy", jit_compile=False)
+    n = len(x) // ranks * ranks  # the same number of examples on every rank
+    model.fit(x[rank:n:ranks], y[rank:n:ranks], batch_size=global_batch // ranks)
+
+- Initialize the process group before the first `fit` (or
+  `train_on_batch`); at the first step every rank takes rank 0's weights,
+  as `DistributedDataParallel` does.
+- Every rank must run the same number of steps: a rank with one step more
+  waits at that step's first all-reduce. Give each rank the same number of
+  examples and batches.
+- Ranks' shares of a global batch may differ in size (a last, partial
+  batch): the means are weighted by each rank's examples, as one process
+  on the global batch.
+- BatchNormalization normalises each rank's share by that share's
+  statistics (Keras has no synchronized BatchNormalization on torch), as
+  `DistributedDataParallel` without SyncBatchNorm: the one difference from
+  one process on the global batch. Its moving statistics are averaged over
+  the ranks after every step, so the ranks keep identical ones.
+- Logs: the loss is the global batch's under `perturbation_groups=1`, each
+  rank's own under `"replica"`; other metrics are each rank's own (Keras
+  3.15 does not reduce them across ranks).
+- keras-nightly wraps the model in `DistributedDataParallel` when
+  torch.distributed is initialized, and with
+  `keras.distribution.DataParallel` also shards the data by batches (rank r
+  takes batches r, r + ranks, ...: pass the whole data set and the per-rank
+  batch size). The step never reaches DDP's gradient hooks (its gradients
+  are taken on detached leaves), so the all-reduces here are the only ones;
+  Keras sums the metrics across ranks.
+- Refused with an error: `jit_compile=True` (torch.compile) under
+  torch.distributed; a `keras.distribution` other than `DataParallel`; a
+  distribution over several devices without torch.distributed; a method
+  that updates its state from the step's own gradients (XSAM's α search)
+  with per-rank ascent.
+"""
 
 import keras
 import torch
