@@ -10,7 +10,7 @@ from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed")
 
-METHODS = ("SAM", "ASAM", "SAM k=2", "GSAM", "WSAM coupled", "WSAM decoupled",
+METHODS = ("SAM", "ASAM", "SAM k=2", "SAM every=2", "GSAM", "WSAM coupled", "WSAM decoupled",
            "XSAM α=0.5", "XSAM search", "X-SAM")
 CASES = [(m, "global") for m in METHODS] + [
     (m, "replica") for m in METHODS if m != "XSAM search"

@@ -27,6 +27,7 @@ Also two setups that must be refused on every rank: XSAM's α search with
 per-replica ascent, and `jit_compile=True` (torch.compile).
 """
 
+import datetime
 import json
 import os
 import sys
@@ -57,6 +58,8 @@ METHODS = {
     "SAM": lambda g: keras_sam.SAM(sgd(0.9), rho=0.2, perturbation_groups=g),
     "ASAM": lambda g: keras_sam.ASAM(sgd(), rho=0.5, perturbation_groups=g),
     "SAM k=2": lambda g: keras_sam.SAM(sgd(), rho=0.3, steps=2, perturbation_groups=g),
+    # Every other step is the inner optimizer's plain step.
+    "SAM every=2": lambda g: keras_sam.SAM(sgd(0.9), rho=0.2, every=2, perturbation_groups=g),
     "GSAM": lambda g: keras_sam.GSAM(sgd(), rho=0.2, perturbation_groups=g),
     "WSAM coupled": lambda g: keras_sam.WSAM(sgd(0.9), rho=0.2, decouple=False,
                                              perturbation_groups=g),
@@ -155,8 +158,9 @@ def refusals():
 
 def worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
+    # A rank left waiting in a collective fails the run within minutes.
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=RANKS)
+                            world_size=RANKS, timeout=datetime.timedelta(seconds=300))
     try:
         results = [train(case, rank) for case in CASES]
         np.save(os.path.join(out_dir, f"rank{rank}.npy"),
