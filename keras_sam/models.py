@@ -356,11 +356,11 @@ class SharpnessAwareMixin:
                 dataclasses.replace(make_passes(*part, all_reduce=False), share=share)
                 for part, share in zip(parts, shares)
             ]
+        variant = self.__dict__.get("_sam_variant", "default")
         update = optimizer.compute_update(
-            passes, params, self.__dict__.get("_sam_variant", "default"), groups,
-            group_count=group_count,
+            passes, params, variant, groups, group_count=group_count
         )
-        if groups is not None:
+        if groups is not None and variant != "plain":  # a plain step is ungrouped
             aux = _merge_group_aux(update.aux, shares, metrics_values)
         else:
             aux = update.aux
