@@ -166,9 +166,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             original SAM's per-accelerator ascent, on one device as on
             many. `"replica"`: one group per data-parallel replica (JAX
             `keras.distribution.DataParallel` devices, `tf.distribute`
-            replicas, torch.distributed ranks; 1 on a single device). A batch that G does not divide
-            (the last, partial one) gets groups of ⌊B/G⌋ and ⌈B/G⌉ examples,
-            weighted by their share of the batch.
+            replicas, torch.distributed ranks; 1 on a single device). A
+            batch that G does not divide (the last, partial one) gets groups
+            of ⌊B/G⌋ and ⌈B/G⌉ examples, weighted by their share of the
+            batch.
         diagnostics: log the cheap per-step diagnostics (sharpness
             `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
             averaged over the sharpness-aware steps of each epoch.
