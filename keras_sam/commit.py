@@ -46,15 +46,16 @@ def _replicas_agree(update, non_trainable, replicas):
     """tf.distribute: the update each replica commits, and its statistics.
 
     The step is skipped on every replica if any one saw a non-finite value;
-    the inner optimizer sums the replicas' directions, so each hands it its
-    share; each replica holds its own copy of BatchNorm's statistics
+    every replica's inner optimizer steps with the replicas' mean direction
+    (`backend.direction_for_optimizer`: TF's optimizer sums the replicas'
+    gradients, torch's applies its own); each replica holds its own copy of BatchNorm's statistics
     (aggregation "none"): they are kept equal, their replicas' mean.
     """
     finite = backend.all_reduce_mean(ops.cast(update.finite, "float32")) >= 1.0
     update = dataclasses.replace(
         update,
         finite=finite,
-        direction=vectors.scale(update.direction, 1.0 / replicas),
+        direction=backend.direction_for_optimizer(update.direction),
         extra_step=(
             None if update.extra_step is None
             else backend.all_reduce_mean(update.extra_step)

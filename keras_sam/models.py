@@ -109,6 +109,8 @@ class SharpnessAwareMixin:
         variants = optimizer.step_variants() if optimizer is not None else (DEFAULT,)
         if self.train_function is not None and not force:
             return self.train_function
+        if optimizer is not None:
+            backend.check_train_setup(self)
         if len(variants) == 1:
             self.__dict__["_sam_variant"] = variants[0]
             return super().make_train_function(force=force)
@@ -178,9 +180,13 @@ class SharpnessAwareMixin:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._build_for_step(x)
         loss_scaler = self.optimizer if self.optimizer is not optimizer else None
-        batch = passes.gather(self, (x, y, sample_weight), optimizer, loss_scaler)
         variant = self.__dict__.get("_sam_variant", DEFAULT)
-        update = optimizer.compute_update(batch.passes, batch.params, variant, batch.groups)
+        batch = passes.gather(
+            self, (x, y, sample_weight), optimizer, loss_scaler, grouped=not variant.plain
+        )
+        update = optimizer.compute_update(
+            batch.passes, batch.params, variant, batch.groups, batch.group_count
+        )
         y_pred = commit.commit(self, update, batch, loss_scaler)
         return self._step_logs(x, y, y_pred, sample_weight, update)
 

@@ -47,7 +47,8 @@ class BatchPasses:
     params: list  # trainable values θ
     non_trainable: list  # non-trainable values before the step
     metrics_values: list  # metric states before the step
-    replicas: int  # replicas running the step side by side (tf.distribute)
+    replicas: int  # replicas running the step side by side (tf.distribute, torch.distributed)
+    group_count: int  # perturbation groups of the global batch, all replicas together
 
     def clean_aux(self, aux):
         """The clean pass' `(y_pred, non-trainable, metric states)`: an
@@ -62,11 +63,12 @@ def _values(variables):
     return [ops.convert_to_tensor(v.value) for v in variables]
 
 
-def gather(model, data, optimizer, loss_scaler=None):
+def gather(model, data, optimizer, loss_scaler=None, grouped=True):
     """The `BatchPasses` of one step of `model` on `data` = (x, y, sample_weight).
 
     `optimizer` (a `SharpnessAwareOptimizer`) gives the perturbation groups;
-    `loss_scaler` is the `LossScaleOptimizer` around it, if any.
+    `loss_scaler` is the `LossScaleOptimizer` around it, if any. Without
+    `grouped` (a plain step of `every` / `start`), the batch is not split.
     """
     non_trainable = _values(model.non_trainable_variables)
     metrics_values = _values(model.metrics_variables)
@@ -86,7 +88,7 @@ def gather(model, data, optimizer, loss_scaler=None):
     passes = passes_on(data, all_reduce=group_count == 1 and replicas > 1)
     groups = None
     local_groups = max(1, group_count // replicas)  # one group: the global batch's
-    if local_groups > 1:
+    if grouped and local_groups > 1:
         parts, shares = split_batch(data, local_groups)
         groups = [
             dataclasses.replace(passes_on(part, all_reduce=False), share=share)
@@ -99,6 +101,7 @@ def gather(model, data, optimizer, loss_scaler=None):
         non_trainable=non_trainable,
         metrics_values=metrics_values,
         replicas=replicas,
+        group_count=group_count,
     )
 
 

@@ -61,6 +61,25 @@ def test_grouped_xsam_with_fixed_alpha_matches_numpy():
     weights_close(model.get_weights(), want, atol=1e-5)
 
 
+def test_grouped_sam_with_plain_steps_matches_numpy():
+    # every=2: the plain steps (the inner optimizer's own, on the whole batch)
+    # run between grouped ones.
+    x, labels, weights = softmax_data()
+    optimizer = keras_sam.SAM(sgd(), rho=0.3, every=2, perturbation_groups=2)
+    model, _ = fit_dense(optimizer, x, labels, weights, LOSS, NUM_CLASSES, batch_size=16,
+                         epochs=2)
+    sam = grouped(lambda f, p: reference.sam_direction(f, p, rho=0.3), 2)
+    step = iter(range(10**6))
+
+    def batch_direction(xb, yb, params):
+        if next(step) % 2:
+            return reference.softmax_regression(xb, yb, NUM_CLASSES)(params)[1]
+        return sam(xb, yb, params)
+
+    want = reference_run(x, labels, weights, 16, 2, batch_direction)
+    weights_close(model.get_weights(), want, atol=1e-5)
+
+
 def test_groups_differ_from_the_global_perturbation():
     # Guards the reference above against testing nothing: on these batches
     # the per-group ascent gives a different trajectory than the global one.

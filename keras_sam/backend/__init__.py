@@ -19,6 +19,9 @@ module provides the same names:
   each on its share of the batch (TF `MirroredStrategy`); 1 where the step is
   one program on global arrays (JAX `keras.distribution`) or one device.
 - `all_reduce_mean(values)`: mean over those replicas (identity at 1).
+- `direction_for_optimizer(direction)`: what each replica hands the inner
+  optimizer so that every replica steps with the replicas' mean direction
+  (TF's optimizer sums the replicas' gradients; torch's applies its own).
 - `data_parallel_size()`: the data-parallel replicas or devices of the
   current distribution (`perturbation_groups="replica"`).
 - `collective_fori_loop(lower, upper, body, init)`: `keras.ops.fori_loop`
@@ -30,6 +33,11 @@ module provides the same names:
   bypass Keras' seed state (torch's dropout uses torch's global generator)
   start from `seed`, leaving the caller's generator untouched; elsewhere
   (Keras' seed state already fixes them) it does nothing.
+- `check_train_setup(model)`: raises for a setup the step cannot run
+  (torch: `torch.compile` or model parallelism under torch.distributed).
+
+On torch, the replicas are the ranks of `torch.distributed` (one process
+per device, each fed its own share of the global batch).
 """
 
 import importlib
@@ -48,8 +56,10 @@ all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
 collective_fori_loop = _impl.collective_fori_loop
 compile_function = _impl.compile_function
+check_train_setup = _impl.check_train_setup
 data_parallel_size = _impl.data_parallel_size
 fixed_randomness = _impl.fixed_randomness
+direction_for_optimizer = _impl.direction_for_optimizer
 forward = _impl.forward
 hvp = _impl.hvp
 replicas_in_sync = _impl.replicas_in_sync

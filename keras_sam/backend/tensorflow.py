@@ -106,6 +106,17 @@ def all_reduce_mean(values):
     return context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
 
 
+def direction_for_optimizer(direction):
+    """The optimizer sums the replicas' gradients: hand it this replica's
+    share of the mean direction."""
+    replicas = replicas_in_sync()
+    return [d * tf.cast(1.0 / replicas, d.dtype) for d in direction]
+
+
+def check_train_setup(model):
+    del model
+
+
 def apply_if(pred, update_fn, args, variables):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:

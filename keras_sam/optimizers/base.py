@@ -214,9 +214,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             original SAM's per-accelerator ascent, on one device as on
             many. `"replica"`: one group per data-parallel replica (JAX
             `keras.distribution.DataParallel` devices, `tf.distribute`
-            replicas; 1 on a single device). A batch that G does not divide
-            (the last, partial one) gets groups of ⌊B/G⌋ and ⌈B/G⌉ examples,
-            weighted by their share of the batch.
+            replicas, torch.distributed ranks; 1 on a single device). A
+            batch that G does not divide (the last, partial one) gets groups
+            of ⌊B/G⌋ and ⌈B/G⌉ examples, weighted by their share of the
+            batch.
         diagnostics: log the cheap per-step diagnostics (sharpness
             `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
             averaged over the sharpness-aware steps of each epoch.
@@ -493,7 +494,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             return backend.data_parallel_size()
         return self.perturbation_groups
 
-    def compute_update(self, passes, params, variant=DEFAULT, groups=None):
+    def compute_update(self, passes, params, variant=DEFAULT, groups=None,
+                       group_count=None):
         """One sharpness-aware step's math, without touching any variable.
 
         Args:
@@ -510,12 +512,15 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 weights where it is None). The
                 eigenvector of an `eigen_correction` is refreshed on the whole
                 mini-batch (`passes.hvp`) and corrects every group's direction.
+            group_count: the perturbation groups of the global batch, all
+                replicas together (default: those of `groups`).
         """
         if variant.plain:
             return self._plain_update(passes, params)
         groups = list(groups) if groups else [passes]
+        group_count = len(groups) if group_count is None else group_count
         ascents, directions = zip(*[
-            self._ascend_and_direct(group, params, variant.phase, len(groups) > 1)
+            self._ascend_and_direct(group, params, variant.phase, group_count > 1)
             for group in groups
         ])
         check_scalars = [c for ascent in ascents for c in ascent.check_scalars]
