@@ -22,10 +22,22 @@ time: a script's parent process can use it before choosing its backend.
   `method_description`: the methods they compare, with their defaults.
 - `single_thread_env()`, `limit_threads(backend)`: one thread per process
   (environment for a child process; the backend's own pools in-process).
+- The timing harness of `step_time.py`, `peers.py` and `profile_peers.py`:
+  `Runner` (one compiled train function on a fixed batch, as `fit` calls it),
+  `time_interleaved` (the variants' calls in rotating order, round after
+  round, garbage collection paused) and `call_stats`; `ForeignLoad` and
+  `wait_until_quiet` (the CPU time other processes use); `JIT_MODES`,
+  `JIT_LABELS`, `configure_threads`, `child_env`, `he_uniform` and the
+  version and machine strings of the reports.
 """
 
+import gc
+import importlib.metadata
 import os
+import platform
+import statistics
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -350,3 +362,234 @@ def make_optimizer(method, inner, steps=1, seed=0):
     import keras_sam
 
     return getattr(keras_sam, class_name)(inner, **method_arguments(method, steps, seed))
+
+
+# -- timing harness -------------------------------------------------------------------
+# The jit settings timed on each backend: one table row each.
+JIT_MODES = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}
+JIT_LABELS = {
+    ("tensorflow", True): "XLA",
+    ("tensorflow", False): "graph",
+    ("jax", True): "jit",
+    ("torch", False): "eager",
+}
+def he_uniform(rng, shape):
+    fan_in = 1
+    for size in shape[:-1]:
+        fan_in *= size
+    limit = (6.0 / fan_in) ** 0.5
+    return rng.uniform(-limit, limit, size=shape).astype("float32")
+
+
+def configure_threads(backend, threads):
+    """Size the backend's thread pools (before it runs anything)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set: harmless
+            pass
+    # JAX: XLA_FLAGS set by the parent in the child's environment.
+
+
+def backend_version(backend):
+    module = __import__(backend)
+    return module.__version__
+
+
+class Runner:
+    """Calls one compiled model's train function on a fixed batch, as `fit` does."""
+
+    def __init__(self, backend, model, batch):
+        self.backend = backend
+        self.model = model
+        self.batch = batch
+        if hasattr(model, "_symbolic_build"):  # what fit/train_on_batch do first
+            model._symbolic_build(data_batch=batch)
+        else:  # pragma: no cover - older Keras
+            model.optimizer.build(model.trainable_variables)
+        model.make_train_function()
+        self.function = model.train_function
+        self.state = None
+        if backend == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            state = model._get_jax_state(
+                trainable_variables=True,
+                non_trainable_variables=True,
+                optimizer_variables=True,
+                metrics_variables=True,
+                purge_model_variables=False,
+            )
+            # The jitted step donates its state: hand it copies, so that the
+            # model's own variables stay valid.
+            self.state = jax.tree.map(jnp.copy, state)
+
+    def step(self):
+        """One training step; returns once its results exist. Returns the logs."""
+        if self.backend == "jax":
+            import jax
+
+            logs, self.state = self.function(self.state, iter((self.batch,)))
+            jax.block_until_ready((logs, self.state))
+        elif self.backend == "tensorflow":
+            # A Python iterable takes the `one_step_on_data` path (no tf.data).
+            logs = self.function(iter((self.batch,)))
+            logs["loss"].numpy()  # also waits for the step's variable updates
+        else:
+            logs = self.function([self.batch])
+            float(logs["loss"])
+        return logs
+
+
+class ForeignLoad:
+    """CPU time used by other processes while timing, in cores (Linux only).
+
+    System-wide busy time from /proc/stat minus this process's CPU time, over
+    the wall time: ~0 on a quiet machine; > 0.2 cores makes timings suspect.
+    """
+
+    @staticmethod
+    def _busy_seconds():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        try:
+            self.start = (self._busy_seconds(), sum(os.times()[:2]), time.perf_counter())
+        except (OSError, ValueError, AttributeError):
+            self.start = None
+        self.cores = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.start is not None:
+            busy, own, wall = self._busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+            elapsed = wall - self.start[2]
+            if elapsed > 0:
+                other = (busy - self.start[0]) - (own - self.start[1])
+                self.cores = max(other, 0.0) / elapsed
+        return False
+
+
+def quartiles(values):
+    values = sorted(values)
+    if len(values) >= 2:
+        return statistics.quantiles(values, n=4, method="inclusive")
+    return values * 3
+
+
+def package_version(*distributions):
+    for distribution in distributions:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "n/a"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def child_env(backend, threads, extra=()):
+    env = dict(os.environ)
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env["KERAS_BACKEND"] = backend
+    env["PYTHONHASHSEED"] = "0"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    env["TF_NUM_INTEROP_THREADS"] = "1"
+    if backend == "jax":
+        flags = env.get("XLA_FLAGS", "")
+        if threads == 1:
+            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env["XLA_FLAGS"] = flags.strip()
+    return env
+
+
+def load_average():
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return "n/a"
+
+
+def wait_until_quiet(max_seconds, threshold=0.25, window=3.0):
+    """Waits (up to `max_seconds`) until other processes use < `threshold` cores."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        with ForeignLoad() as load:
+            time.sleep(window)
+        if load.cores is None or load.cores < threshold:
+            return load.cores
+        if time.perf_counter() >= deadline:
+            print(
+                f"  machine still busy ({load.cores:.2f} cores used by others); "
+                "running anyway",
+                file=sys.stderr,
+                flush=True,
+            )
+            return load.cores
+
+
+def call_stats(seconds):
+    """Per-call times (seconds) as the tables report them, in ms."""
+    ms = sorted(1000.0 * t for t in seconds)
+    p25, _, p75 = quartiles(ms)
+    return {"median_ms": statistics.median(ms), "min_ms": ms[0], "p25_ms": p25,
+            "p75_ms": p75, "n": len(ms)}
+
+
+def time_interleaved(runners, names, rounds, calls=None, before_call=None):
+    """Times `runners[name].step()` for every name, interleaved.
+
+    In each round every name runs `calls(name, round)` consecutive calls (one
+    by default); the order of the names rotates from round to round, so that
+    slow drifts of the machine spread over all of them. Garbage collection runs
+    between rounds only. `before_call(name)` runs untimed before each call.
+    Returns `(seconds per name, last logs per name, cores used by other
+    processes meanwhile)`.
+    """
+    times = {name: [] for name in names}
+    logs = {}
+    gc.collect()
+    gc.disable()
+    try:
+        with ForeignLoad() as foreign:
+            for round_ in range(rounds):
+                gc.collect()
+                shift = round_ % max(len(names), 1)  # rotate the order
+                for name in names[shift:] + names[:shift]:
+                    for _ in range(calls(name, round_) if calls else 1):
+                        if before_call is not None:
+                            before_call(name)
+                        start = time.perf_counter()
+                        logs[name] = runners[name].step()
+                        times[name].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return times, logs, foreign.cores

@@ -62,7 +62,7 @@ the update, max |θ_1 − θ_0|), and of the BatchNorm moving statistics. The sa
 SAM gives ~1e-7 (float32 rounding); a peer that differs by design says so in
 the notes under the table.
 
-**Timing** (as `step_time.py`, whose helpers this imports): each backend in
+**Timing** (as `step_time.py`, with the same harness of `common.py`): each backend in
 its own subprocess, one after the other, thread pools pinned to `--threads`;
 after warm-up (tracing, compilation) the two sides are interleaved in
 `--steps` rounds (the order alternating) and each call is timed until its
@@ -90,21 +90,16 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, step_time.py
-import step_time as st  # noqa: E402
-
-try:
-    from common import IMAGE_SHAPE, NUM_CLASSES, build_cnn  # noqa: E402
-except ImportError:  # a checkout from before benchmarks/common.py: step_time.py's own
-    from step_time import IMAGE_SHAPE, NUM_CLASSES, build_cnn  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py
+import common  # noqa: E402
+from common import IMAGE_SHAPE, NUM_CLASSES, build_cnn  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
-JIT_MODES = st.JIT_MODES  # tensorflow: XLA, graph; jax: jit; torch: eager
+JIT_MODES = common.JIT_MODES  # tensorflow: XLA, graph; jax: jit; torch: eager
 PEERS = {
     "jax": ("optax", "optax.contrib.sam"),
     "torch": ("pytorch-optimizer", "pytorch_optimizer.SAM"),
@@ -143,7 +138,7 @@ def _numpy(values):
 
 
 class KerasSAMRunner:
-    """keras_sam's compiled train function (step_time's Runner) on the fixed batch."""
+    """keras_sam's compiled train function (common.Runner, as step_time.py) on the fixed batch."""
 
     def __init__(self, backend, jit, keras, batch, init_weights, sam=True):
         import keras_sam
@@ -158,7 +153,7 @@ class KerasSAMRunner:
             jit_compile=jit,
         )
         self.model = model
-        self.runner = st.Runner(backend, model, batch)
+        self.runner = common.Runner(backend, model, batch)
 
     def step(self):
         return self.runner.step()["loss"]
@@ -349,7 +344,7 @@ def make_data(keras, batch_size):
     reference = build_cnn(keras)
     rng = np.random.default_rng(0)
     init_weights = [
-        st.he_uniform(rng, w.shape) if w.ndim >= 2 else w for w in reference.get_weights()
+        common.he_uniform(rng, w.shape) if w.ndim >= 2 else w for w in reference.get_weights()
     ]
     x = rng.standard_normal((batch_size, *IMAGE_SHAPE), dtype=np.float32)
     y = rng.integers(0, NUM_CLASSES, size=(batch_size,)).astype("int32")
@@ -358,7 +353,7 @@ def make_data(keras, batch_size):
 
 
 def time_row(backend, jit, args, keras, batch, init_weights):
-    row = {"backend": backend, "jit": st.JIT_LABELS[(backend, jit)]}
+    row = {"backend": backend, "jit": common.JIT_LABELS[(backend, jit)]}
     runners = {
         "keras_sam": KerasSAMRunner(backend, jit, keras, batch, init_weights),
         "peer": build_peer(backend, jit, keras, batch, init_weights),
@@ -388,40 +383,18 @@ def time_row(backend, jit, args, keras, batch, init_weights):
             runner.step()
 
     names = list(runners)
-    times = {name: [] for name in names}
-    gc.collect()
-    gc.disable()
-    try:
-        with st.ForeignLoad() as foreign:
-            for round_ in range(args.steps):
-                gc.collect()
-                shift = round_ % len(names)  # alternate the order
-                for name in names[shift:] + names[:shift]:
-                    start = time.perf_counter()
-                    runners[name].step()
-                    times[name].append(time.perf_counter() - start)
-    finally:
-        gc.enable()
-    stats = {}
-    for name in names:
-        ms = sorted(1000.0 * t for t in times[name])
-        quartiles = st._quartiles(ms)
-        stats[name] = {
-            "median_ms": statistics.median(ms),
-            "min_ms": ms[0],
-            "p25_ms": quartiles[0],
-            "p75_ms": quartiles[2],
-            "n": len(ms),
-            "first_call_s": compile_s[name],
-        }
-    row["stats"] = stats
-    row["foreign_load"] = foreign.cores
+    times, _, foreign_cores = common.time_interleaved(runners, names, args.steps)
+    row["stats"] = {
+        name: {**common.call_stats(times[name]), "first_call_s": compile_s[name]}
+        for name in names
+    }
+    row["foreign_load"] = foreign_cores
     return row
 
 
 def child_timing(args):
     backend = os.environ["KERAS_BACKEND"]
-    st.configure_threads(backend, args.threads)
+    common.configure_threads(backend, args.threads)
     import keras
 
     assert keras.backend.backend() == backend, keras.backend.backend()
@@ -435,7 +408,7 @@ def child_timing(args):
     print(
         MARKER
         + json.dumps(
-            {"backend": backend, "version": st.backend_version(backend), "params": params,
+            {"backend": backend, "version": common.backend_version(backend), "params": params,
              "rows": rows}
         ),
         flush=True,
@@ -462,7 +435,7 @@ def _reset_peak():
 
 def child_memory(args):
     backend = os.environ["KERAS_BACKEND"]
-    st.configure_threads(backend, args.threads)
+    common.configure_threads(backend, args.threads)
     import keras
 
     init_weights, batch, _ = make_data(keras, args.batch_size)
@@ -496,7 +469,7 @@ def _run(command, backend, args):
     try:
         proc = subprocess.run(
             command,
-            env=st.child_env(backend, args.threads),
+            env=common.child_env(backend, args.threads),
             capture_output=True,
             text=True,
             timeout=args.timeout,
@@ -539,7 +512,7 @@ def run_timing(backend, args):
         return {"backend": backend, "error": missing}
     if args.wait_quiet > 0:
         print(f"[{backend}] waiting for a quiet machine ...", file=sys.stderr, flush=True)
-        st.wait_until_quiet(args.wait_quiet)
+        common.wait_until_quiet(args.wait_quiet)
     print(f"[{backend}] timing ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = _run(
@@ -572,7 +545,7 @@ def run_memory(backend, args):
     modes = JIT_MODES[backend][-1:] if args.quick else JIT_MODES[backend]
     out = {}
     for jit in modes:
-        label = st.JIT_LABELS[(backend, jit)]
+        label = common.JIT_LABELS[(backend, jit)]
         out[label] = {}
         for variant in MEMORY_VARIANTS:
             if variant == "peer" and missing:
@@ -603,7 +576,7 @@ def _peer_label(backend, jit_label=None):
     package, name = PEERS[backend]
     if package is None:
         return name + (" (jit_compile)" if jit_label == "XLA" else "")
-    return f"{name} {st._version(package)}"
+    return f"{name} {common.package_version(package)}"
 
 
 def format_timing(results):
@@ -678,7 +651,7 @@ def format_memory(memory):
 
 def parent_main(args):
     start = time.perf_counter()
-    load_before = st._load()
+    load_before = common.load_average()
     results, memory = [], {}
     for backend in args.backends:
         results.append(run_timing(backend, args))
@@ -687,20 +660,20 @@ def parent_main(args):
     total = time.perf_counter() - start
     params = next((r["params"] for r in results if "params" in r), None)
     versions = (
-        f"keras {st._version('keras')}, tensorflow {st._version('tensorflow', 'tensorflow-cpu')}, "
-        f"jax {st._version('jax')} (jaxlib {st._version('jaxlib')}), torch {st._version('torch')}, "
-        f"optax {st._version('optax')}, "
-        f"pytorch-optimizer {st._version('pytorch-optimizer', 'pytorch_optimizer')}, "
-        f"keras_sam {st._version('keras-sam', 'keras_sam')}, Python {platform.python_version()}"
+        f"keras {common.package_version('keras')}, tensorflow {common.package_version('tensorflow', 'tensorflow-cpu')}, "
+        f"jax {common.package_version('jax')} (jaxlib {common.package_version('jaxlib')}), torch {common.package_version('torch')}, "
+        f"optax {common.package_version('optax')}, "
+        f"pytorch-optimizer {common.package_version('pytorch-optimizer', 'pytorch_optimizer')}, "
+        f"keras_sam {common.package_version('keras-sam', 'keras_sam')}, Python {platform.python_version()}"
     )
     print(f"## keras_sam SAM vs peers{' (quick)' if args.quick else ''}")
     print()
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- versions: {versions}")
     print(
-        f"- machine: {os.cpu_count()} cores ({st._cpu_model()}), {args.threads} thread(s) per "
+        f"- machine: {os.cpu_count()} cores ({common.cpu_model()}), {args.threads} thread(s) per "
         f"backend, backends run one after another; load average (1/5/15 min) {load_before} "
-        f"before, {st._load()} after"
+        f"before, {common.load_average()} after"
     )
     print(
         f"- model: CIFAR-style CNN, {params} params, batch {args.batch_size}, inputs "

@@ -78,7 +78,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
-import step_time as st  # noqa: E402
+import common  # noqa: E402
 
 BACKEND = "torch"
 MIB = 1024.0 * 1024.0
@@ -318,7 +318,7 @@ def child_time(args):
     import warnings
 
     warnings.filterwarnings("ignore")
-    st.configure_threads(BACKEND, args.threads)
+    common.configure_threads(BACKEND, args.threads)
     import keras
 
     install_tags()
@@ -332,7 +332,7 @@ def child_time(args):
             runner.step()
     names = list(runners)
     out = {name: {"steps": [], "ops": [], "unprofiled_ms": []} for name in names}
-    with st.ForeignLoad() as foreign:
+    with common.ForeignLoad() as foreign:
         for round_ in range(args.rounds):
             shift = round_ % 2
             for name in names[shift:] + names[:shift]:
@@ -358,7 +358,7 @@ def child_memory(args):
     import warnings
 
     warnings.filterwarnings("ignore")
-    st.configure_threads(BACKEND, args.threads)
+    common.configure_threads(BACKEND, args.threads)
     import keras
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -415,7 +415,7 @@ def child_phases(args):
     peak of the next `--memory-steps` steps above that: execution alone.
     """
     backend = os.environ["KERAS_BACKEND"]
-    st.configure_threads(backend, args.threads)
+    common.configure_threads(backend, args.threads)
     import resource
 
     import keras
@@ -653,8 +653,8 @@ def phase_cells(args):
     phase_args.threads = args.rss_threads
     out = {}
     for backend in args.phases:
-        for jit in st.JIT_MODES[backend]:
-            label = st.JIT_LABELS[(backend, jit)]
+        for jit in common.JIT_MODES[backend]:
+            label = common.JIT_LABELS[(backend, jit)]
             for variant in peers.MEMORY_VARIANTS:
                 if variant == "peer" and peers._peer_missing(backend):
                     continue
@@ -693,7 +693,7 @@ def parent_main(args):
         print(f"profile_peers: {missing}", file=sys.stderr)
         return 1
     start = time.perf_counter()
-    load_before = st._load()
+    load_before = common.load_average()
     print("[torch] time profile ...", file=sys.stderr, flush=True)
     timing = _child(args, "--child=time")
     memory, rss = {}, {}
@@ -705,9 +705,9 @@ def parent_main(args):
     phases = phase_cells(args) if not args.skip_memory else {}
     total = time.perf_counter() - start
     versions = (
-        f"keras {st._version('keras')}, torch {st._version('torch')}, "
-        f"pytorch-optimizer {st._version('pytorch-optimizer', 'pytorch_optimizer')}, "
-        f"keras_sam {st._version('keras-sam', 'keras_sam')}, Python {platform.python_version()}"
+        f"keras {common.package_version('keras')}, torch {common.package_version('torch')}, "
+        f"pytorch-optimizer {common.package_version('pytorch-optimizer', 'pytorch_optimizer')}, "
+        f"keras_sam {common.package_version('keras-sam', 'keras_sam')}, Python {platform.python_version()}"
     )
     print(f"## Profile: keras_sam SAM vs pytorch_optimizer.SAM on torch"
           f"{' (quick)' if args.quick else ''}")
@@ -715,8 +715,8 @@ def parent_main(args):
     print("- command: `" + " ".join(["python benchmarks/profile_peers.py", *sys.argv[1:]]) + "`")
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- versions: {versions}")
-    print(f"- machine: {os.cpu_count()} cores ({st._cpu_model()}), {args.threads} torch "
-          f"thread(s); load average (1/5/15 min) {load_before} before, {st._load()} after")
+    print(f"- machine: {os.cpu_count()} cores ({common.cpu_model()}), {args.threads} torch "
+          f"thread(s); load average (1/5/15 min) {load_before} before, {common.load_average()} after")
     print(f"- model: peers.py's (CIFAR-style CNN), batch {args.batch_size}; SAM ρ = "
           f"{peers.RHO} around SGD({peers.LR}, momentum={peers.MOMENTUM}) on both sides")
     print()

@@ -79,8 +79,6 @@ gets an entry in `PERIODIC`.
 import argparse
 import copy
 import datetime
-import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -90,17 +88,27 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-from common import IMAGE_SHAPE, NUM_CLASSES, build_cnn  # noqa: E402
+from common import (  # noqa: E402
+    IMAGE_SHAPE,
+    JIT_LABELS,
+    JIT_MODES,
+    NUM_CLASSES,
+    Runner,
+    backend_version,
+    build_cnn,
+    call_stats,
+    child_env,
+    configure_threads,
+    cpu_model,
+    he_uniform,
+    load_average,
+    package_version,
+    quartiles,
+    time_interleaved,
+    wait_until_quiet,
+)
 
 BACKENDS = ("tensorflow", "jax", "torch")
-# The jit settings timed on each backend: one table row each.
-JIT_MODES = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}
-JIT_LABELS = {
-    ("tensorflow", True): "XLA",
-    ("tensorflow", False): "graph",
-    ("jax", True): "jit",
-    ("torch", False): "eager",
-}
 BASELINE = "inner"
 MARKER = "@@STEP_TIME_JSON@@"
 
@@ -238,127 +246,11 @@ MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_=4294967296", "MALLOC_TRIM_THRESHOLD_=68719
 # ----------------------------------------------------------------------------
 # Child: one backend, fixed by KERAS_BACKEND before Keras is imported.
 # ----------------------------------------------------------------------------
-def he_uniform(rng, shape):
-    fan_in = 1
-    for size in shape[:-1]:
-        fan_in *= size
-    limit = (6.0 / fan_in) ** 0.5
-    return rng.uniform(-limit, limit, size=shape).astype("float32")
-
-
-def configure_threads(backend, threads):
-    """Size the backend's thread pools (before it runs anything)."""
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set: harmless
-            pass
-    # JAX: XLA_FLAGS set by the parent in the child's environment.
-
-
-def backend_version(backend):
-    module = __import__(backend)
-    return module.__version__
-
-
-class Runner:
-    """Calls one compiled model's train function on a fixed batch, as `fit` does."""
-
-    def __init__(self, backend, model, batch):
-        self.backend = backend
-        self.model = model
-        self.batch = batch
-        if hasattr(model, "_symbolic_build"):  # what fit/train_on_batch do first
-            model._symbolic_build(data_batch=batch)
-        else:  # pragma: no cover - older Keras
-            model.optimizer.build(model.trainable_variables)
-        model.make_train_function()
-        self.function = model.train_function
-        self.state = None
-        if backend == "jax":
-            import jax
-            import jax.numpy as jnp
-
-            state = model._get_jax_state(
-                trainable_variables=True,
-                non_trainable_variables=True,
-                optimizer_variables=True,
-                metrics_variables=True,
-                purge_model_variables=False,
-            )
-            # The jitted step donates its state: hand it copies, so that the
-            # model's own variables stay valid.
-            self.state = jax.tree.map(jnp.copy, state)
-
-    def step(self):
-        """One training step; returns once its results exist. Returns the logs."""
-        if self.backend == "jax":
-            import jax
-
-            logs, self.state = self.function(self.state, iter((self.batch,)))
-            jax.block_until_ready((logs, self.state))
-        elif self.backend == "tensorflow":
-            # A Python iterable takes the `one_step_on_data` path (no tf.data).
-            logs = self.function(iter((self.batch,)))
-            logs["loss"].numpy()  # also waits for the step's variable updates
-        else:
-            logs = self.function([self.batch])
-            float(logs["loss"])
-        return logs
-
-
-class ForeignLoad:
-    """CPU time used by other processes while timing, in cores (Linux only).
-
-    System-wide busy time from /proc/stat minus this process's CPU time, over
-    the wall time: ~0 on a quiet machine; > 0.2 cores makes timings suspect.
-    """
-
-    @staticmethod
-    def _busy_seconds():
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self):
-        try:
-            self.start = (self._busy_seconds(), sum(os.times()[:2]), time.perf_counter())
-        except (OSError, ValueError, AttributeError):
-            self.start = None
-        self.cores = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.start is not None:
-            busy, own, wall = self._busy_seconds(), sum(os.times()[:2]), time.perf_counter()
-            elapsed = wall - self.start[2]
-            if elapsed > 0:
-                other = (busy - self.start[0]) - (own - self.start[1])
-                self.cores = max(other, 0.0) / elapsed
-        return False
-
-
 def _scalar(value):
     try:
         return float(value)
     except Exception:  # pragma: no cover
         return float("nan")
-
-
-def _quartiles(values):
-    values = sorted(values)
-    if len(values) >= 2:
-        return statistics.quantiles(values, n=4, method="inclusive")
-    return values * 3
 
 
 def _int(value):
@@ -508,31 +400,13 @@ def time_row(backend, jit, args, keras, batch, init_weights):
     if core:
         first_calls(core, args.warmup)
         names = [n for n in core if n in runners]
-        times = {name: [] for name in names}
-        gc.collect()
-        gc.disable()
-        try:
-            with ForeignLoad() as foreign:
-                for round_ in range(args.steps):
-                    gc.collect()
-                    shift = round_ % max(len(names), 1)  # rotate the order
-                    for name in names[shift:] + names[:shift]:
-                        start = time.perf_counter()
-                        logs[name] = runners[name].step()
-                        times[name].append(time.perf_counter() - start)
-        finally:
-            gc.enable()
+        times, core_logs, foreign_cores = time_interleaved(runners, names, args.steps)
+        logs.update(core_logs)
         results = {}
         for name in names:
-            ms = sorted(1000.0 * t for t in times[name])
-            quartiles = _quartiles(ms)
             last = logs.get(name, {})
             results[name] = {
-                "median_ms": statistics.median(ms),
-                "min_ms": ms[0],
-                "p25_ms": quartiles[0],
-                "p75_ms": quartiles[2],
-                "n": len(ms),
+                **call_stats(times[name]),
                 "first_call_s": compile_s[name],
                 "loss": _scalar(last.get("loss", float("nan"))),
                 "skipped_steps": _scalar(last.get("skipped_steps", 0)),
@@ -541,7 +415,7 @@ def time_row(backend, jit, args, keras, batch, init_weights):
             if name in errors:
                 results[name] = {"error": errors[name]}
         row["variants"] = results
-        row["foreign_load"] = foreign.cores
+        row["foreign_load"] = foreign_cores
 
     # -- periodic: whole cycles, means ------------------------------------------
     if periodic:
@@ -573,40 +447,31 @@ def time_row(backend, jit, args, keras, batch, init_weights):
         names = [n for n in periodic if n in plan]
         blocks = {n: _blocks(plan[n][0] * plan[n][1], args.periodic_rounds) for n in names}
         before = {n: read_counters(runners[n]) for n in names if n in PERIODIC}
-        times = {n: [] for n in names}
         chosen = {n: [] for n in names}
-        gc.collect()
-        gc.disable()
-        try:
-            with ForeignLoad() as foreign:
-                for round_ in range(args.periodic_rounds):
-                    gc.collect()
-                    shift = round_ % max(len(names), 1)
-                    for name in names[shift:] + names[:shift]:
-                        runner = runners[name]
-                        record = name in PERIODIC
-                        for _ in range(blocks[name][round_]):
-                            if record:  # the dispatcher's own choice, made here untimed
-                                chosen[name].append(next_variant(runner))
-                            start = time.perf_counter()
-                            logs[name] = runner.step()
-                            times[name].append(time.perf_counter() - start)
-        finally:
-            gc.enable()
+
+        def record_variant(name):  # the dispatcher's own choice, made here untimed
+            if name in PERIODIC:
+                chosen[name].append(next_variant(runners[name]))
+
+        times, periodic_logs, foreign_cores = time_interleaved(
+            runners, names, args.periodic_rounds,
+            calls=lambda name, round_: blocks[name][round_], before_call=record_variant,
+        )
+        logs.update(periodic_logs)
         results = {}
         for name in names:
             cycle, cycles, warmup_calls = plan[name]
             ms = [1000.0 * t for t in times[name]]
             assert len(ms) == cycle * cycles, (name, len(ms))
             per_cycle = [statistics.fmean(ms[i:i + cycle]) for i in range(0, len(ms), cycle)]
-            quartiles = _quartiles(per_cycle)
+            p25, _, p75 = quartiles(per_cycle)
             mean = sum(ms) / len(ms)
             last = logs.get(name, {})
             entry = {
                 "mean_ms": mean,
                 "median_ms": statistics.median(ms),
-                "p25_ms": quartiles[0],
-                "p75_ms": quartiles[2],
+                "p25_ms": p25,
+                "p75_ms": p75,
                 "n": len(ms),
                 "cycle": cycle,
                 "cycles": cycles,
@@ -649,7 +514,7 @@ def time_row(backend, jit, args, keras, batch, init_weights):
             if name in errors:
                 results[name] = {"error": errors[name]}
         row["periodic"] = results
-        row["periodic_foreign_load"] = foreign.cores
+        row["periodic_foreign_load"] = foreign_cores
     return row
 
 
@@ -691,48 +556,6 @@ def child_main(args):
 # ----------------------------------------------------------------------------
 # Parent: one subprocess per backend, then the table.
 # ----------------------------------------------------------------------------
-def _version(*distributions):
-    for distribution in distributions:
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "n/a"
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def child_env(backend, threads, extra=()):
-    env = dict(os.environ)
-    for item in extra:
-        key, _, value = item.partition("=")
-        env[key] = value
-    env["KERAS_BACKEND"] = backend
-    env["PYTHONHASHSEED"] = "0"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    env["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    env["TF_NUM_INTEROP_THREADS"] = "1"
-    if backend == "jax":
-        flags = env.get("XLA_FLAGS", "")
-        if threads == 1:
-            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        env["XLA_FLAGS"] = flags.strip()
-    return env
-
-
 def run_child(backend, args, extra_env=(), label=None, suite=None):
     """One backend in its own process; `extra_env` (KEY=VALUE) on top of
     `--child-env`, `label` appended to its rows' jit column, `suite` instead
@@ -974,31 +797,6 @@ def _ratio_cell(stats, base, target=None):
     return cell
 
 
-def _load():
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover - not on Linux/macOS
-        return "n/a"
-
-
-def wait_until_quiet(max_seconds, threshold=0.25, window=3.0):
-    """Waits (up to `max_seconds`) until other processes use < `threshold` cores."""
-    deadline = time.perf_counter() + max_seconds
-    while True:
-        with ForeignLoad() as load:
-            time.sleep(window)
-        if load.cores is None or load.cores < threshold:
-            return load.cores
-        if time.perf_counter() >= deadline:
-            print(
-                f"  machine still busy ({load.cores:.2f} cores used by others); "
-                "running anyway",
-                file=sys.stderr,
-                flush=True,
-            )
-            return load.cores
-
-
 def _run_backend(backend, args, extra_env=(), label=None, suite=None):
     name = backend + (f" ({label})" if label else "")
     if args.wait_quiet > 0:
@@ -1018,7 +816,7 @@ def _run_backend(backend, args, extra_env=(), label=None, suite=None):
 
 def parent_main(args):
     start = time.perf_counter()
-    load_before = _load()
+    load_before = load_average()
     results = []
     for backend in args.backends:
         results.append(_run_backend(backend, args))
@@ -1032,18 +830,18 @@ def parent_main(args):
         (row["params"] for r in results if "rows" in r for row in r["rows"]), None
     )
     versions = (
-        f"keras {_version('keras')}, tensorflow {_version('tensorflow', 'tensorflow-cpu')}, "
-        f"jax {_version('jax')} (jaxlib {_version('jaxlib')}), torch {_version('torch')}, "
-        f"keras_sam {_version('keras-sam', 'keras_sam')}, Python {platform.python_version()}"
+        f"keras {package_version('keras')}, tensorflow {package_version('tensorflow', 'tensorflow-cpu')}, "
+        f"jax {package_version('jax')} (jaxlib {package_version('jaxlib')}), torch {package_version('torch')}, "
+        f"keras_sam {package_version('keras-sam', 'keras_sam')}, Python {platform.python_version()}"
     )
     print(f"## keras_sam step time{' (quick)' if args.quick else ''}")
     print()
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- versions: {versions}")
     print(
-        f"- machine: {os.cpu_count()} cores ({_cpu_model()}), {args.threads} thread(s) "
+        f"- machine: {os.cpu_count()} cores ({cpu_model()}), {args.threads} thread(s) "
         "per backend, backends run one after another; load average (1/5/15 min) "
-        f"{load_before} before, {_load()} after"
+        f"{load_before} before, {load_average()} after"
     )
     print(
         f"- model: CIFAR-style CNN, {params} params, batch {args.batch_size}, "

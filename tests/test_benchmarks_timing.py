@@ -61,3 +61,34 @@ def test_eigenvector_quality_quick_reports_cosines():
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     mean_cos = float(cells[3])
     assert 0.0 <= mean_cos <= 1.0, rows[0]
+
+
+def test_interleaved_harness_rotates_the_order_and_counts_calls():
+    """benchmarks/common.py's `time_interleaved`: which calls it makes, in which order."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+
+    order = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.calls = name, 0
+
+        def step(self):
+            self.calls += 1
+            order.append(self.name)
+            return {"call": self.calls}
+
+    runners = {name: Fake(name) for name in ("a", "b", "c")}
+    seen = []
+    times, logs, _ = common.time_interleaved(
+        runners, ["a", "b", "c"], rounds=3,
+        calls=lambda name, round_: 2 if name == "b" else 1, before_call=seen.append,
+    )
+    # Round r starts with the r-th name; "b" makes 2 calls in a row.
+    assert order == ["a", "b", "b", "c", "b", "b", "c", "a", "c", "a", "b", "b"]
+    assert seen == order
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 6, "c": 3}
+    assert logs == {"a": {"call": 3}, "b": {"call": 6}, "c": {"call": 3}}
+    stats = common.call_stats([0.004, 0.001, 0.002, 0.003])
+    assert stats == {"median_ms": 2.5, "min_ms": 1.0, "p25_ms": 1.75, "p75_ms": 3.25, "n": 4}
