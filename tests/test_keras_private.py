@@ -169,12 +169,15 @@ def test_hvp_without_the_moments_hook_warns_and_runs(monkeypatch):
     def variance_of_shifted(params):  # Var(x + θ) over the batch: ∂²/∂θ² = 0
         return ops.sum(ops.moments(x + params[0], axes=[0])[1])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         _, exact = backend.hvp(variance_of_shifted, [ops.zeros((1,))], v)
+    assert not [w for w in caught if "inexact second derivatives" in str(w.message)]
     monkeypatch.setattr(keras_private, "TENSORFLOW_MOMENTS_MODULES", ("keras_sam.nowhere",))
     with pytest.warns(RuntimeWarning, match="inexact second derivatives"):
         _, fallback = backend.hvp(variance_of_shifted, [ops.zeros((1,))], v)
     np.testing.assert_allclose(ops.convert_to_numpy(exact[0]), [0.0], atol=1e-6)
-    # tf.nn.moments stops the gradient through the mean: 2·v instead of 0.
-    np.testing.assert_allclose(ops.convert_to_numpy(fallback[0]), [2.0], rtol=1e-6)
+    # Keras' own moments: tf.nn.moments of TF 2.20-2.21 stops the gradient
+    # through the mean (2·v instead of 0); tf-nightly 2.22's gives the exact 0.
+    value = float(ops.convert_to_numpy(fallback[0])[0])
+    assert value in (pytest.approx(0.0, abs=1e-6), pytest.approx(2.0, rel=1e-6))
