@@ -5,9 +5,8 @@ named by KERAS_BACKEND and saves its weights.
 
 Model i trains with method i of methods.METHODS (each method once), dropout
 rate 0 (each backend draws its own masks from the same seed), for zoo.STEPS
-`train_on_batch` steps, compiled as the backend's full-product mode of
-test_methods_on_zoo.py. Writes OUT_DIR/<backend>.npz, keyed
-"<model>/<step>/<weight index>".
+`train_on_batch` steps, compiled as TensorFlow graph, JAX jit and torch
+eager. Writes OUT_DIR/<backend>.npz, keyed "<model>/<step>/<weight index>".
 """
 
 import os
@@ -32,7 +31,7 @@ def main(out_dir):
     from tests.conformance import methods, zoo
 
     backend = keras.backend.backend()
-    compile_args = {"tensorflow": {"run_eagerly": True}, "jax": {"jit_compile": True},
+    compile_args = {"tensorflow": {"jit_compile": False}, "jax": {"jit_compile": True},
                     "torch": {"jit_compile": False}}[backend]
     arrays = {}
     for model_name, method in pairs():

@@ -162,7 +162,9 @@ def _torch_hvp(model, loss_fn, vectors, x, y):
 
     leaves = [v.value for v in model.trainable_variables]
     vectors = [torch.as_tensor(v, device=p.device) for v, p in zip(vectors, leaves)]
-    with torch.enable_grad():
+    # Only the math kernel of scaled_dot_product_attention has second derivatives.
+    attention = torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
+    with torch.enable_grad(), attention:
         loss = _total_loss(loss_fn, y, model(x, training=False), model.losses)
         grads = _torch_grad(loss, leaves, create_graph=True)
         grad_dot_vectors = sum((g * v).sum() for g, v in zip(grads, vectors))

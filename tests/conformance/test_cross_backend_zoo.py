@@ -3,7 +3,7 @@
 cross_backend_zoo_run.py trains each zoo model (Dropout rate 0) with one
 method — model i with method i, so every method is used once — from the same
 NumPy weights on the same data, once per backend in its own subprocess
-(TensorFlow eager, JAX jit, torch eager). Every weight after the first and
+(TensorFlow graph, JAX jit, torch eager). Every weight after the first and
 the last step agrees across the backends to 1e-5. It runs all three backends
 by itself, so only in the KERAS_BACKEND=jax session.
 """

@@ -142,6 +142,11 @@ def mobilenet(dropout):
     backbone = keras.applications.MobileNet(
         input_shape=(32, 32, 3), alpha=0.25, include_top=False, weights=None, pooling="avg"
     )
+    # Fine-tuning with frozen BatchNorm (inference mode): at 32 × 32 the last
+    # blocks are 1 × 1, where batch statistics of 4 examples are degenerate.
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
     inputs = keras.Input((32, 32, 3))
     outputs = layers.Dense(CLASSES)(backbone(inputs))
     return _classifier("mobilenet", inputs, outputs, _floats(_rng("mobilenet", 0), 32, 32, 3))
