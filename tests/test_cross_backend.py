@@ -46,7 +46,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run_backend(backend, out_dir):
+def run_in_subprocess(backend, script, out_dir):
+    """Runs `script OUT_DIR` with KERAS_BACKEND=backend: None, or why it failed."""
     env = dict(os.environ)
     env["KERAS_BACKEND"] = backend
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -55,7 +56,7 @@ def _run_backend(backend, out_dir):
     )
     try:
         proc = subprocess.run(
-            [sys.executable, str(HERE / "cross_backend_run.py"), str(out_dir)],
+            [sys.executable, str(script), str(out_dir)],
             env=env,
             capture_output=True,
             text=True,
@@ -68,6 +69,13 @@ def _run_backend(backend, out_dir):
             f"exited with code {proc.returncode}; stderr:\n{proc.stderr[-10000:]}"
             f"\nstdout:\n{proc.stdout[-2000:]}"
         )
+    return None
+
+
+def _run_backend(backend, out_dir):
+    failure = run_in_subprocess(backend, HERE / "cross_backend_run.py", out_dir)
+    if failure is not None:
+        return failure
     weights = dict(np.load(out_dir / f"{backend}.npz"))
     info = json.loads((out_dir / f"{backend}.json").read_text())
     return weights, info

@@ -151,13 +151,20 @@ def hvp(fn, params, vectors):
     params = [p.detach() for p in params]
     vectors = [v.detach().to(p.dtype) for v, p in zip(vectors, params)]
     _randomness.before_pass()
-    with torch.enable_grad():
+    with torch.enable_grad(), _twice_differentiable_attention():
         if torch.compiler.is_compiling():
             grads, hv = _forward_over_reverse(fn, params, vectors)
         else:
             grads, hv = _reverse_over_reverse(fn, params, vectors)
     _randomness.after_pass()
     return [g.detach() for g in grads], [h.detach() for h in hv]
+
+
+def _twice_differentiable_attention():
+    """`scaled_dot_product_attention` (Keras' MultiHeadAttention) restricted
+    to its math kernel, the one with second derivatives: the fused kernels
+    chosen by default (flash attention on CPU) have none."""
+    return torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
 
 
 def _forward_over_reverse(fn, params, vectors):

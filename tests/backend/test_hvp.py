@@ -166,3 +166,29 @@ def test_batchnorm_second_derivatives(training):
     eps = 2e-2
     extrapolated = (4 * difference(eps / 2) - difference(eps)) / 3
     assert relative_error(flat(hv), extrapolated) <= 1e-3
+
+
+def test_hvp_through_multi_head_attention():
+    """Keras' MultiHeadAttention: torch's default (fused) attention kernels
+    have no second derivative. H·v agrees with central differences of the
+    gradient along v."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((4, 6))
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3)(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    model.compile(loss="mse")
+    x = rng.normal(size=(3, 4, 6)).astype("float32")
+    y = rng.normal(size=(3, 1)).astype("float32")
+    loss_fn = hessian.make_loss_fn(model, x, y)
+    params = [ops.convert_to_numpy(v.value) for v in model.trainable_variables]
+    v = [rng.normal(size=p.shape) for p in params]
+    v = [d / np.linalg.norm(flat(v)) for d in v]
+    _, hv = backend.hvp(loss_fn, tensors(params), tensors(v))
+    step = 1e-2
+
+    def grad_at(sign):
+        point = [p + sign * step * d for p, d in zip(params, v)]
+        return flat(backend.hvp(loss_fn, tensors(point), tensors(v))[0])
+
+    finite_difference = (grad_at(1.0) - grad_at(-1.0)) / (2 * step)
+    assert relative_error(flat(hv), finite_difference) <= 1e-2
