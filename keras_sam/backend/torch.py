@@ -1,4 +1,10 @@
-"""PyTorch: `torch.autograd.grad` on detached leaf copies of the values."""
+"""PyTorch: `torch.autograd.grad` on detached leaf copies of the values.
+
+Gradients leave this module dense: a sparse gradient (`torch.nn.Embedding(...,
+sparse=True)` or `F.embedding(..., sparse=True)` inside a wrapped torch module)
+holds one row per looked-up index, repeats included, which Keras' element-wise
+ops would not sum (see the TensorFlow backend's `IndexedSlices`).
+"""
 
 import torch
 from keras import tree
@@ -49,6 +55,10 @@ class _StepRandomness:
 _randomness = _StepRandomness()
 
 
+def _dense(g):
+    return g.to_dense() if g is not None and g.layout != torch.strided else g
+
+
 def _detach(x):
     return x.detach() if isinstance(x, torch.Tensor) else x
 
@@ -73,7 +83,7 @@ def value_and_grad(fn):
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         _randomness.after_pass()
         grads = [
-            torch.zeros_like(p) if g is None else g
+            torch.zeros_like(p) if g is None else _dense(g)
             for g, p in zip(grads, leaves)
         ]
         return (loss.detach(), tree.map_structure(_detach, aux)), grads
@@ -113,6 +123,7 @@ def _reverse_over_reverse(fn, params, vectors):
     loss = fn(leaves)
     if loss.requires_grad:
         grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        grads = [_dense(g) for g in grads]
     else:
         grads = [None] * len(leaves)
     terms = [
@@ -122,7 +133,7 @@ def _reverse_over_reverse(fn, params, vectors):
     if terms:
         hv = torch.autograd.grad(sum(terms), leaves, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
-    hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, leaves)]
+    hv = [torch.zeros_like(p) if h is None else _dense(h) for h, p in zip(hv, leaves)]
     return grads, hv
 
 
