@@ -21,6 +21,8 @@ module provides the same names:
 - `all_reduce_mean(values)`: mean over those replicas (identity at 1).
 - `data_parallel_size()`: the data-parallel replicas or devices of the
   current distribution (`perturbation_groups="replica"`).
+- `COMPILED_STEP_UNSUPPORTED`: None, or why the sharpness-aware step runs
+  eagerly under `jit_compile=True` on this backend (with a warning).
 """
 
 import importlib
@@ -35,6 +37,7 @@ if _name not in ("jax", "tensorflow", "torch"):
     )
 _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
+COMPILED_STEP_UNSUPPORTED = _impl.COMPILED_STEP_UNSUPPORTED
 all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
 data_parallel_size = _impl.data_parallel_size

@@ -7,6 +7,8 @@ from keras import ops
 from keras.src.backend.common.stateless_scope import StatelessScope
 
 
+COMPILED_STEP_UNSUPPORTED = None  # jit_compile=True compiles the step (XLA).
+
 def value_and_grad(fn):
     return jax.value_and_grad(fn, has_aux=True)
 

@@ -16,6 +16,8 @@ from keras import ops
 from keras.src.backend.tensorflow import nn as _keras_tf_nn
 
 
+COMPILED_STEP_UNSUPPORTED = None  # jit_compile=True compiles the step (XLA).
+
 def value_and_grad(fn):
     def wrapped(params):
         with tf.GradientTape(watch_accessed_variables=False) as tape:

@@ -54,6 +54,17 @@ class _StepRandomness:
 
 _randomness = _StepRandomness()
 
+# torch.compile of the step is not correct for every method: it differentiates
+# several times per step through `stateless_call`, X-SAM's refresh needs double
+# backward (refused by compiled backward graphs with donated buffers), and
+# compiled graphs were found reused across models in one process (dynamic XSAM
+# then differs from eager); compiling also takes minutes for a small model.
+COMPILED_STEP_UNSUPPORTED = (
+    "torch.compile does not compile it correctly for every method: several "
+    "differentiations through stateless_call per step, double backward for "
+    "X-SAM, compiled graphs shared between models"
+)
+
 
 def _dense(g):
     return g.to_dense() if g is not None and g.layout != torch.strided else g

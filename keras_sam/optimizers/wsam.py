@@ -93,7 +93,7 @@ class WSAM(SharpnessAwareOptimizer):
     """
 
     def __init__(
-        self, optimizer, rho=0.05, gamma=0.9, decouple=True, clip_norm=None, **kwargs
+        self, optimizer=None, rho=0.05, gamma=0.9, decouple=True, clip_norm=None, **kwargs
     ):
         super().__init__(optimizer, rho=rho, **kwargs)
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not (
