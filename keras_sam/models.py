@@ -17,6 +17,8 @@ Conventions of the step (docs/algorithms.md, "Conventions"):
   `skipped_steps` log.
 """
 
+import warnings
+
 import keras
 from keras import ops
 from keras import tree
@@ -105,12 +107,32 @@ class SharpnessAwareMixin:
         return callbacks if clock in callbacks else callbacks + [clock]
 
     def make_train_function(self, force=False):
+        if self.sharpness_aware_optimizer is not None:
+            backend.check_train_setup(self)
+        reason = backend.COMPILED_STEP_UNSUPPORTED
+        if not (reason and self.jit_compile and self.sharpness_aware_optimizer is not None):
+            return self._make_sharpness_aware_train_function(force)
+        # The step runs eagerly; `jit_compile` is kept for evaluate/predict
+        # (Keras' own steps) and for `get_compile_config`.
+        if not self.__dict__.get("_sam_warned_eager"):
+            self.__dict__["_sam_warned_eager"] = True
+            warnings.warn(
+                f"{type(self).__name__}: the sharpness-aware train step runs eagerly "
+                f"although jit_compile=True ({reason}). evaluate() and predict() "
+                "are compiled as asked.",
+                stacklevel=2,
+            )
+        self.jit_compile = False
+        try:
+            return self._make_sharpness_aware_train_function(force)
+        finally:
+            self.jit_compile = True
+
+    def _make_sharpness_aware_train_function(self, force):
         optimizer = self.sharpness_aware_optimizer
         variants = optimizer.step_variants() if optimizer is not None else (DEFAULT,)
         if self.train_function is not None and not force:
             return self.train_function
-        if optimizer is not None:
-            backend.check_train_setup(self)
         if len(variants) == 1:
             self.__dict__["_sam_variant"] = variants[0]
             return super().make_train_function(force=force)
@@ -233,12 +255,20 @@ class SAMModel(SharpnessAwareMixin, keras.Model):
 
     `call`, `evaluate`, `predict`, callbacks and saving behave as for the
     wrapped model, whose variables are the wrapper's variables.
+
+    A model that is already sharpness-aware (a `SAMModel`, or a model with
+    `SharpnessAwareMixin`) is refused: compile and fit it directly.
     """
 
     def __init__(self, model, **kwargs):
         if not isinstance(model, keras.layers.Layer):
             raise ValueError(
                 f"`model` must be a Keras model (or layer), received {model!r}."
+            )
+        if isinstance(model, SharpnessAwareMixin):
+            raise ValueError(
+                f"`model` is already sharpness-aware ({type(model).__name__}): compile "
+                "and fit it directly instead of wrapping it again."
             )
         super().__init__(**kwargs)
         self.model = model

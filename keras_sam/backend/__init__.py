@@ -38,6 +38,8 @@ module provides the same names:
 
 On torch, the replicas are the ranks of `torch.distributed` (one process
 per device, each fed its own share of the global batch).
+- `COMPILED_STEP_UNSUPPORTED`: None, or why the sharpness-aware step runs
+  eagerly under `jit_compile=True` on this backend (with a warning).
 """
 
 import importlib
@@ -52,6 +54,7 @@ if _name not in ("jax", "tensorflow", "torch"):
     )
 _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 
+COMPILED_STEP_UNSUPPORTED = _impl.COMPILED_STEP_UNSUPPORTED
 all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
 collective_fori_loop = _impl.collective_fori_loop

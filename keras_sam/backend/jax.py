@@ -8,6 +8,8 @@ import keras
 from keras import ops
 
 
+COMPILED_STEP_UNSUPPORTED = None  # jit_compile=True compiles the step (XLA).
+
 def value_and_grad(fn):
     return jax.value_and_grad(fn, has_aux=True)
 

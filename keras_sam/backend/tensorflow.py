@@ -1,4 +1,13 @@
-"""TensorFlow: a `GradientTape` that watches the given value tensors."""
+"""TensorFlow: a `GradientTape` that watches the given value tensors.
+
+Gradients leave this module dense. `tf.gather` (Keras' `Embedding`, `ops.take`)
+has `IndexedSlices` gradients, whose rows repeat where a batch repeats an
+index; Keras' element-wise ops act on those rows one by one, so the global
+norm and inner products of the methods would be wrong (‖2g‖ read as √2‖g‖).
+Converting them here sums the repeated rows once, for every method,
+diagnostic and Hessian-vector product; `benchmarks/sparse_gradients.py`
+measures what it costs against a sparse path.
+"""
 
 import contextlib
 import warnings
@@ -9,6 +18,8 @@ from keras import ops
 from keras_sam import keras_private
 
 
+COMPILED_STEP_UNSUPPORTED = None  # jit_compile=True compiles the step (XLA).
+
 def value_and_grad(fn):
     def wrapped(params):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -17,9 +28,14 @@ def value_and_grad(fn):
         grads = tape.gradient(
             loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        return (loss, aux), grads
+        return (loss, aux), _dense(grads)
 
     return wrapped
+
+
+def _dense(grads):
+    """`IndexedSlices` (repeated rows summed) as dense tensors; others as they are."""
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
 
 def _exact_moments(x, axes, keepdims):
@@ -68,8 +84,11 @@ def hvp(fn, params, vectors):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(params)
                 loss = fn(params)
-            grads = tape.gradient(loss, params, unconnected_gradients=zero)
-        hv = [accumulator.jvp(g, unconnected_gradients=zero) for g in grads]
+            # Densified under the accumulator, so that the tangents flow
+            # through the sum of repeated rows.
+            grads = _dense(tape.gradient(loss, params, unconnected_gradients=zero))
+        # The tangent of that sum is `IndexedSlices` again.
+        hv = _dense([accumulator.jvp(g, unconnected_gradients=zero) for g in grads])
     return grads, hv
 
 

@@ -1,5 +1,10 @@
 """PyTorch: `torch.autograd.grad` on detached leaf copies of the values.
 
+Gradients leave this module dense: a sparse gradient (`torch.nn.Embedding(...,
+sparse=True)` or `F.embedding(..., sparse=True)` inside a wrapped torch module)
+holds one row per looked-up index, repeats included, which Keras' element-wise
+ops would not sum (see the TensorFlow backend's `IndexedSlices`).
+
 Data parallel over `torch.distributed`: one process per device (rank), each
 running `fit` on its own share of every global batch, the ranks' means
 all-reduced inside the step. The optimizer's `perturbation_groups` keeps its
@@ -105,6 +110,21 @@ class _StepRandomness:
 
 _randomness = _StepRandomness()
 
+# torch.compile of the step is not correct for every method: it differentiates
+# several times per step through `stateless_call`, X-SAM's refresh needs double
+# backward (refused by compiled backward graphs with donated buffers), and
+# compiled graphs were found reused across models in one process (dynamic XSAM
+# then differs from eager); compiling also takes minutes for a small model.
+COMPILED_STEP_UNSUPPORTED = (
+    "torch.compile does not compile it correctly for every method: several "
+    "differentiations through stateless_call per step, double backward for "
+    "X-SAM, compiled graphs shared between models"
+)
+
+
+def _dense(g):
+    return g.to_dense() if g is not None and g.layout != torch.strided else g
+
 
 def _detach(x):
     return x.detach() if isinstance(x, torch.Tensor) else x
@@ -130,7 +150,7 @@ def value_and_grad(fn):
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         _randomness.after_pass()
         grads = [
-            torch.zeros_like(p) if g is None else g
+            torch.zeros_like(p) if g is None else _dense(g)
             for g, p in zip(grads, leaves)
         ]
         return (loss.detach(), tree.map_structure(_detach, aux)), grads
@@ -176,6 +196,7 @@ def _reverse_over_reverse(fn, params, vectors):
     loss = fn(leaves)
     if loss.requires_grad:
         grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        grads = [_dense(g) for g in grads]
     else:
         grads = [None] * len(leaves)
     terms = [
@@ -185,7 +206,7 @@ def _reverse_over_reverse(fn, params, vectors):
     if terms:
         hv = torch.autograd.grad(sum(terms), leaves, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
-    hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, leaves)]
+    hv = [torch.zeros_like(p) if h is None else _dense(h) for h, p in zip(hv, leaves)]
     return grads, hv
 
 

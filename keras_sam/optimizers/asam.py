@@ -19,7 +19,7 @@ from keras_sam.optimizers.sam import SAM
 class ASAM(SAM):
     """Adaptive SAM: `SAM(optimizer, adaptive=True)` with ASAM's defaults."""
 
-    def __init__(self, optimizer, rho=0.5, eta=0.01, adaptive=True, **kwargs):
+    def __init__(self, optimizer=None, rho=0.5, eta=0.01, adaptive=True, **kwargs):
         if adaptive is not True:
             raise ValueError("ASAM is adaptive by definition; use SAM otherwise.")
         super().__init__(optimizer, rho=rho, eta=eta, adaptive=True, **kwargs)

@@ -101,6 +101,25 @@ class Update:
     extra_step: object = None
 
 
+def _public_config(config):
+    """A serialized Keras optimizer under its public class (`keras.optimizers.SGD`).
+
+    On torch, `keras.optimizers.SGD(...)` is an instance of a torch-only
+    subclass (`keras.src.backend.torch.optimizers.torch_sgd.SGD`) that Keras
+    serializes under its own module, which makes a file saved on torch fail to
+    train on the other backends; under the public name it loads as each
+    backend's own class. Files saved that way before are read the same way.
+    """
+    if not isinstance(config, dict) or not str(config.get("module", "")).startswith(
+        "keras.src.backend."
+    ):
+        return config
+    public = getattr(keras.optimizers, str(config.get("class_name")), None)
+    if not (isinstance(public, type) and issubclass(public, keras.optimizers.Optimizer)):
+        return config
+    return {**config, "module": "keras.optimizers", "registered_name": None}
+
+
 def _sum_vectors(lists):
     total = lists[0]
     for xs in lists[1:]:
@@ -114,7 +133,14 @@ def _is_bias(variable):
     return name.endswith("bias") or name.endswith("beta")
 
 
-def _check_inner_optimizer(optimizer):
+def _check_inner_optimizer(optimizer, optimizer_name):
+    if optimizer is None:
+        raise ValueError(
+            f"{optimizer_name} needs `optimizer`, the inner Keras optimizer "
+            "that makes the update step, e.g. "
+            f"`keras_sam.{optimizer_name}(keras.optimizers.SGD(0.1, momentum=0.9))`; "
+            "its arguments (`learning_rate`, ...) go to that optimizer."
+        )
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError(
             "`optimizer` must be a Keras optimizer instance such as "
@@ -233,7 +259,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        optimizer,
+        optimizer=None,
         rho=0.05,
         steps=1,
         adaptive=False,
@@ -247,8 +273,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
+        _check_inner_optimizer(optimizer, type(self).__name__)
         _check_no_extra_arguments(type(self).__name__, kwargs)
-        _check_inner_optimizer(optimizer)
         rho = _checked_rho(rho)
         require(
             checks.is_number(start) and start >= 0 and (checks.is_integer(start) or start < 1),
@@ -662,7 +688,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def get_config(self):
         return {
             "name": self.name,
-            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "optimizer": _public_config(keras.saving.serialize_keras_object(self.inner_optimizer)),
             "rho": keras.saving.serialize_keras_object(self.rho) if callable(self.rho) else self.rho,
             "steps": self.steps,
             "adaptive": self.adaptive,
@@ -681,6 +707,6 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         optimizer = keras.saving.deserialize_keras_object(
-            config.pop("optimizer"), custom_objects=custom_objects
+            _public_config(config.pop("optimizer")), custom_objects=custom_objects
         )
         return cls(optimizer, **config)

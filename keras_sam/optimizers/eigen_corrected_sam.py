@@ -27,7 +27,7 @@ class EigenCorrectedSAM(SAM):
 
     def __init__(
         self,
-        optimizer,
+        optimizer=None,
         rho=0.05,
         alpha=0.2,
         refresh_every=5,

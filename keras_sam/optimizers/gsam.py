@@ -131,7 +131,7 @@ class GSAM(SharpnessAwareOptimizer):
 
     def __init__(
         self,
-        optimizer,
+        optimizer=None,
         rho=0.05,
         alpha=0.4,
         rho_min=None,

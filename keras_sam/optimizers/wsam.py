@@ -91,7 +91,7 @@ class WSAM(SharpnessAwareOptimizer):
     """
 
     def __init__(
-        self, optimizer, rho=0.05, gamma=0.9, decouple=True, clip_norm=None, **kwargs
+        self, optimizer=None, rho=0.05, gamma=0.9, decouple=True, clip_norm=None, **kwargs
     ):
         super().__init__(optimizer, rho=rho, **kwargs)
         checks.require(

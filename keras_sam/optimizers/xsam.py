@@ -103,7 +103,7 @@ class XSAM(SharpnessAwareOptimizer):
 
     def __init__(
         self,
-        optimizer,
+        optimizer=None,
         rho=0.15,
         rho_max=0.3,
         steps=1,
