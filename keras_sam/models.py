@@ -236,9 +236,9 @@ class SharpnessAwareMixin:
             logs = self.compute_metrics(x, y, y_pred, sample_weight)
         finally:
             self.__dict__["_sam_in_train_step"] = False
-        logs["skipped_steps"] = ops.convert_to_tensor(
-            self.sharpness_aware_optimizer.skipped_steps.value
-        )
+        # A copy: eager TF would hand the variable itself to the trainer,
+        # which cannot pass a variable out of the step.
+        logs["skipped_steps"] = ops.copy(self.sharpness_aware_optimizer.skipped_steps.value)
         return logs
 
 

@@ -242,3 +242,22 @@ def test_adam_with_schedule_and_weight_decay_trains():
     history = model.fit(x, y, batch_size=16, epochs=5, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+@pytest.mark.parametrize("method", ["SAM", "XSAM"])
+def test_run_eagerly_equals_the_compiled_step(method):
+    # XSAM has two step variants (its search), SAM one: both must run eagerly
+    # (on TF the logs once carried a variable, which eager `fit` cannot return).
+    x, y = classification_data()
+    weights = []
+    for run_eagerly in (False, True):
+        keras.utils.set_random_seed(1)
+        model = keras_sam.SAMModel(sequential_mlp())
+        model.compile(
+            optimizer=getattr(keras_sam, method)(sgd(), rho=0.1), loss=LOSS,
+            run_eagerly=run_eagerly,
+        )
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        assert history.history["skipped_steps"][-1] == 0
+        weights.append([np.asarray(w) for w in model.get_weights()])
+    weights_close(weights[1], weights[0], atol=1e-6)
