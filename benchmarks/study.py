@@ -40,8 +40,8 @@ compared with α = 1 (SAM) and α = 0; on the search batch itself the same grid
 is evaluated and its argmax compared with the optimizer's α* (a check that
 the probe reproduces the package). Curvature runs record, before training
 and after every epoch, on a fixed probe set of `probe_size` training images
-(inference mode): λ_max (`keras_sam.hessian.Curvature.top_eigenvalue`,
-warm-started), the training loss there, and the angles between the top
+(inference mode), before every 2nd epoch and at the end: λ_max
+(`keras_sam.hessian.Curvature.top_eigenvalue`, ≤ 20 products, warm-started), the training loss there, and the angles between the top
 eigenvector and the clean gradient and SAM's perturbed gradient.
 
 Statistics: differences are paired by seed, mean ± the standard error of the
@@ -68,7 +68,7 @@ PROTOCOL = dict(dataset="mnist", train_size=2000, val_size=2000, noise=0.4, hidd
                 probe_size=1000, probes=3)
 QUICK_PROTOCOL = dict(PROTOCOL, train_size=500, val_size=500, epochs=2, probe_size=64)
 RHOS = (0.05, 0.1, 0.2, 0.3)
-RHO = 0.3  # SAM's ρ chosen on validation in the `regime` part
+RHO = 0.2  # the largest ρ of the grid at which SAM converges (`regime` part)
 XSAM_LR_SCALES = (0.1, 0.3, 1.0, 3.0)  # X-SAM's learning rate, × the protocol's
 XSAM_LR_SCALE = 1.0  # chosen on validation in the `x-sam` part
 XSAM_GRID = dict(alpha_max=2.0, alpha_delta=0.1)
@@ -336,7 +336,7 @@ def run_one(config, seed, p, data_dir):
     x_probe, y_probe = data["x"][:p["probe_size"]], data["y"][:p["probe_size"]]
     history = []
     for epoch, order in enumerate(orders):
-        if config.get("curvature"):
+        if config.get("curvature") and epoch % 2 == 0:
             point, eigenvector = curvature_point(model, x_probe, y_probe, config.get("rho", 0.05),
                                                  eigenvector)
             curvature.append(dict(point, epoch=epoch))
@@ -372,8 +372,8 @@ def configs_of(part, args):
     rho, rhos = args.rho, args.rhos
     if part == "regime":
         return ([{"method": "sgd"}, {"method": "sgd", "trajectory": True}] + [{"method": "sam", "rho": r} for r in rhos]
-                + [{"method": "sgd", "epochs_scale": 2}, {"method": "sam", "rho": rho,
-                                                          "epochs_scale": 2}])
+                + [{"method": "sgd", "epochs_scale": 2}]
+                + [{"method": "sam", "rho": r, "epochs_scale": 2} for r in (rho, 0.3)])
     if part == "xsam":
         return [c for r in rhos for c in ({"method": "xsam", "rho": r, "alpha": 0.0},
                                           {"method": "sam", "rho": r},
@@ -409,7 +409,8 @@ def run_part(args, protocol, path):
     index, count = args.shard  # by position in the whole list: stable as runs finish
     jobs = [(c, s) for i, (c, s) in enumerate(
         (c, s) for s in range(args.seeds) for c in configs_of(args.part, args))
-        if i % count == index and run_key(c, s) not in done]
+        if i % count == index and run_key(c, s) not in done
+        and (not args.configs or label(c) in args.configs)]
     log(f"{args.part}: {len(jobs)} runs to do (shard {index}/{count}), results -> {path}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for number, (config, seed) in enumerate(jobs, 1):
@@ -468,10 +469,13 @@ def verdict(d, se, claim_positive=True):
     return "held" if (d > 0) == claim_positive else "not held"
 
 
-def diff_row(label, runs_a, runs_b, claim_positive=True):
+def diff_row(label, runs_a, runs_b, claim_positive=True, convergence=False):
     d, se, n = paired(runs_a, runs_b)
     ratio = f"{d / se:+.1f}" if math.isfinite(se) and se > 0 else "—"
-    return f"| {label} | {fmt_pp(d, se, signed=True)} | {ratio} | {n} | {verdict(d, se, claim_positive)} |"
+    text = verdict(d, se, claim_positive)
+    if convergence:
+        text = "changed: not converged" if text in ("held", "not held") else "no resolved change"
+    return f"| {label} | {fmt_pp(d, se, signed=True)} | {ratio} | {n} | {text} |"
 
 
 DIFF_HEADER = ["| comparison (b − a) | test acc difference, pp (± paired SE) | d / SE | seeds | "
@@ -512,6 +516,10 @@ def label(config):
         parts.append(f"lr×{config['lr_scale']:g}")
     if config.get("epochs_scale", 1) != 1:
         parts.append(f"{config['epochs_scale']:g}× epochs")
+    if config.get("trajectory"):
+        parts.append("(trajectory)")
+    if config.get("curvature"):
+        parts.append("(curvature)")
     return " ".join(parts)
 
 
@@ -519,8 +527,7 @@ def regime_section(runs, args):
     sgd = runs_of(runs, {"method": "sgd"})
     sams = [{"method": "sam", "rho": r} for r in args.rhos]
     lines = ["## 1. The regime: SAM against SGD", ""] + CONFIG_HEADER
-    for c in [{"method": "sgd"}] + sams + [{"method": "sgd", "epochs_scale": 2},
-                                           {"method": "sam", "rho": args.rho, "epochs_scale": 2}]:
+    for c in configs_of("regime", args):
         if runs_of(runs, c):
             lines.append(config_row(label(c), runs_of(runs, c)))
     lines += ["", "Paired by seed (same initial weights, noisy labels, batch order):", ""]
@@ -538,14 +545,16 @@ def regime_section(runs, args):
     for c in sams:
         lines.append(equal_loss_row(f"{label(c)} − SGD at equal loss", trajectory,
                                     runs_of(runs, c)))
-    lines += ["", "Convergence (the same runs with twice the epochs):", "", *DIFF_HEADER]
-    for c in ({"method": "sgd"}, {"method": "sam", "rho": args.rho}):
-        twice = dict(c, epochs_scale=2)
-        lines.append(diff_row(f"convergence: {label(twice)} − {label(c)}", runs_of(runs, c),
-                              runs_of(runs, twice), claim_positive=False))
-    lines.append(diff_row(f"both at 2× epochs: SAM ρ={args.rho:g} − SGD",
-                          runs_of(runs, {"method": "sgd", "epochs_scale": 2}),
-                          runs_of(runs, {"method": "sam", "rho": args.rho, "epochs_scale": 2})))
+    lines += ["", "Convergence (the same runs with twice the epochs; verdict: whether the "
+              "longer training changed the result):", "", *DIFF_HEADER]
+    sgd_twice = runs_of(runs, {"method": "sgd", "epochs_scale": 2})
+    for c in [{"method": "sgd"}] + sams:
+        twice = runs_of(runs, dict(c, epochs_scale=2))
+        if twice:
+            lines.append(diff_row(f"{label(c)}: 2× epochs − 1×", runs_of(runs, c), twice,
+                                  convergence=True))
+            if c["method"] == "sam":
+                lines.append(diff_row(f"both at 2× epochs: {label(c)} − SGD", sgd_twice, twice))
     return lines
 
 
@@ -890,6 +899,9 @@ def parse_args(argv=None):
                         help="smoke run: 500 images, 2 epochs, 1 seed, 2 ρ values, temp folder")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    parser.add_argument("--configs", default=None,
+                        help="only these runs of the part, by label, ';'-separated "
+                             "(e.g. 'SGD (trajectory);XSAM ρ=0.1')")
     parser.add_argument("--rho", type=float, default=RHO, help="ρ* of the later parts")
     parser.add_argument("--rhos", default=",".join(map(str, RHOS)), help="the ρ grid")
     parser.add_argument("--xsam-lr-scales", default=",".join(map(str, XSAM_LR_SCALES)))
@@ -905,6 +917,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.rhos = [float(r) for r in args.rhos.split(",")]
     args.xsam_lr_scales = [float(r) for r in args.xsam_lr_scales.split(",")]
+    args.configs = [c.strip() for c in args.configs.split(";")] if args.configs else None
     args.shard = tuple(int(v) for v in args.shard.split("/"))
     if args.quick:
         args.rhos, args.seeds = args.rhos[:2], args.seeds or 1
