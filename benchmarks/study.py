@@ -40,7 +40,7 @@ compared with α = 1 (SAM) and α = 0; on the search batch itself the same grid
 is evaluated and its argmax compared with the optimizer's α* (a check that
 the probe reproduces the package). Curvature runs record, before training
 and after every epoch, on a fixed probe set of `probe_size` training images
-(inference mode), before every 2nd epoch and at the end: λ_max
+(inference mode), before every 2nd epoch and at the end: the cross-entropy, λ_max
 (`keras_sam.hessian.Curvature.top_eigenvalue`, ≤ 20 products, warm-started), the training loss there, and the angles between the top
 eigenvector and the clean gradient and SAM's perturbed gradient.
 
@@ -69,7 +69,7 @@ PROTOCOL = dict(dataset="mnist", train_size=2000, val_size=2000, noise=0.4, hidd
 QUICK_PROTOCOL = dict(PROTOCOL, train_size=500, val_size=500, epochs=2, probe_size=64)
 RHOS = (0.05, 0.1, 0.2, 0.3)
 RHO = 0.2  # the largest ρ of the grid at which SAM converges (`regime` part)
-XSAM_LR_SCALES = (0.1, 0.3, 1.0, 3.0)  # X-SAM's learning rate, × the protocol's
+XSAM_LR_SCALES = (1.0, 0.3, 0.1, 3.0)  # X-SAM's learning rate, × the protocol's (run order)
 XSAM_LR_SCALE = 1.0  # chosen on validation in the `x-sam` part
 XSAM_GRID = dict(alpha_max=2.0, alpha_delta=0.1)
 log = common.log
@@ -274,7 +274,9 @@ def curvature_point(model, x, y, rho, previous):
         cos = float(ops.convert_to_numpy(vec.cosine(u, v_t)))
         return m.degrees(m.acos(max(-1.0, min(1.0, cos))))
 
-    return {"lambda_max": eigenvalue, "loss": loss, "iterations": curvature.iterations,
+    l2 = float(sum(float(l) for l in model.losses))  # the regularizer at these weights
+    return {"lambda_max": eigenvalue, "objective": loss, "loss": loss - l2,
+            "iterations": curvature.iterations,
             "angle_gradient": angle(v0), "angle_sam_gradient": angle(v1)}, v
 
 
@@ -346,7 +348,7 @@ def run_one(config, seed, p, data_dir):
                       epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
                       callbacks=[probe] if probe is not None else None)
         history.append({k: float(v[-1]) for k, v in h.history.items()})
-        if epoch % 2 == 1:  # the trajectory of comparisons at equal training loss
+        if config.get("trajectory") and epoch % 2 == 1:  # for comparisons at equal loss
             history[-1].update(trajectory_point(model, data))
         if not math.isfinite(history[-1]["loss"]):
             break
@@ -386,11 +388,8 @@ def configs_of(part, args):
         return [{"method": "sam", "rho": rho}] + [
             {"method": "x-sam", "rho": rho, "lr_scale": s} for s in args.xsam_lr_scales]
     if part == "curvature":
-        return [{"method": "sgd", "curvature": True},
-                {"method": "sam", "rho": rho, "curvature": True},
-                {"method": "x-sam", "rho": rho, "lr_scale": args.xsam_lr_scale,
-                 "curvature": True},
-                {"method": "x-sam", "rho": rho, "curvature": True}]
+        return list({json.dumps(c, sort_keys=True): c
+                     for c in curvature_configs(args).values()}.values())
     raise ValueError(part)
 
 
@@ -526,8 +525,13 @@ def label(config):
 def regime_section(runs, args):
     sgd = runs_of(runs, {"method": "sgd"})
     sams = [{"method": "sam", "rho": r} for r in args.rhos]
+    # SAM runs of other ρ (outside the grid, e.g. from calibration) are shown too
+    others = sorted({r["config"]["rho"] for g in runs.values() for r in g.values()
+                     if r["config"]["method"] == "sam" and set(r["config"]) <= {
+                         "method", "rho", "epochs_scale"}} - set(args.rhos))
+    extra = [dict(method="sam", rho=r, **e) for r in others for e in ({}, {"epochs_scale": 2})]
     lines = ["## 1. The regime: SAM against SGD", ""] + CONFIG_HEADER
-    for c in configs_of("regime", args):
+    for c in configs_of("regime", args) + extra:
         if runs_of(runs, c):
             lines.append(config_row(label(c), runs_of(runs, c)))
     lines += ["", "Paired by seed (same initial weights, noisy labels, batch order):", ""]
@@ -548,7 +552,7 @@ def regime_section(runs, args):
     lines += ["", "Convergence (the same runs with twice the epochs; verdict: whether the "
               "longer training changed the result):", "", *DIFF_HEADER]
     sgd_twice = runs_of(runs, {"method": "sgd", "epochs_scale": 2})
-    for c in [{"method": "sgd"}] + sams:
+    for c in [{"method": "sgd"}] + sams + extra[::2]:
         twice = runs_of(runs, dict(c, epochs_scale=2))
         if twice:
             lines.append(diff_row(f"{label(c)}: 2× epochs − 1×", runs_of(runs, c), twice,
@@ -726,7 +730,8 @@ def multistep_section(runs, args):
 
 def x_sam_section(runs, args):
     sam = {"method": "sam", "rho": args.rho}
-    grid = [{"method": "x-sam", "rho": args.rho, "lr_scale": s} for s in args.xsam_lr_scales]
+    grid = [{"method": "x-sam", "rho": args.rho, "lr_scale": s}
+            for s in sorted(args.xsam_lr_scales)]
     lines = [f"## 5. X-SAM against SAM (ρ = {args.rho:g}, α = 0.2, p = q = 5)", ""]
     lines += CONFIG_HEADER
     for c in [sam] + grid:
@@ -749,26 +754,35 @@ def curvature_configs(args):
             f"X-SAM lr×{args.xsam_lr_scale:g}": {"method": "x-sam", "rho": args.rho,
                                                  "lr_scale": args.xsam_lr_scale,
                                                  "curvature": True},
-            "X-SAM lr×1": {"method": "x-sam", "rho": args.rho, "curvature": True}}
+            "X-SAM lr×1": {"method": "x-sam", "rho": args.rho, "lr_scale": 1.0,
+                           "curvature": True}}
 
 
 def measurements(record):
     return [{"train_loss": p["loss"], "lambda_max": p["lambda_max"]} for p in record["curvature"]]
 
 
+def fmt_sig(mean, se):
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.3g}" + (f" ± {se:.2g}" if math.isfinite(se) else "")
+
+
 def curvature_section(runs, args):
     import sharpness  # λ at a loss level, and the levels every run passes through
 
-    groups = {name: runs_of(runs, c) for name, c in curvature_configs(args).items()}
-    groups = {n: g for n, g in groups.items() if g}
+    groups = {}
+    for name, c in curvature_configs(args).items():  # X-SAM once if its lr is ×1
+        if runs_of(runs, c) and c not in [curvature_configs(args)[n] for n in groups]:
+            groups[name] = runs_of(runs, c)
     lines = ["## 6. λ_max at equal training loss, and gradient–eigenvector angles", ""]
     if "SGD" not in groups:
         return lines + ["(no curvature runs with SGD yet)"]
     every = [{"measurements": measurements(r)} for g in groups.values() for r in g.values()]
     levels = sharpness.loss_levels(every) if every else []
     names = list(groups)
-    lines += ["λ_max on the probe set at the training loss (cross-entropy + L2 on the probe "
-              "set) levels every run passed through; mean ± SE over seeds; ratio: paired "
+    lines += ["λ_max (of cross-entropy + L2) on the probe set at the training-loss levels "
+              "(cross-entropy on the probe set, noisy labels) every run passed through; mean ± SE over seeds; ratio: paired "
               "geometric mean of per-seed ratios to SGD.", "",
               "| loss | " + " | ".join(f"λ_max {n}" for n in names)
               + " | " + " | ".join(f"{n}/SGD" for n in names[1:]) + " |",
@@ -776,18 +790,17 @@ def curvature_section(runs, args):
     for level in levels:
         lam = {n: {s: sharpness.lambda_at_loss(measurements(r), level) for s, r in g.items()}
                for n, g in groups.items()}
-        cells = [f"{mean_se([v for v in lam[n].values() if v])[0]:.3g} ± "
-                 f"{mean_se([v for v in lam[n].values() if v])[1]:.2g}" for n in names]
+        cells = [fmt_sig(*mean_se([v for v in lam[n].values() if v])) for n in names]
         ratios = []
         for n in names[1:]:
             logs = [math.log(lam[n][s] / lam["SGD"][s]) for s in lam[n]
                     if lam[n][s] and lam["SGD"].get(s)]
             m, se = mean_se(logs)
-            ratios.append(f"{math.exp(m):.2f} (×/÷ {math.exp(se):.2f}, n={len(logs)})"
-                          if logs else "—")
+            ratios.append("—" if not logs else f"{math.exp(m):.2f} (n={len(logs)}" + (
+                f", ×/÷ {math.exp(se):.2f})" if math.isfinite(se) else ")"))
         lines.append(f"| {level:.4f} | " + " | ".join(cells + ratios) + " |")
-    lines += ["", "Angle between the top eigenvector and the gradient on the probe set, after "
-              "every epoch (signed: arccos of the cosine, as the X-SAM paper's Fig. 1):", "",
+    lines += ["", "Angle between the top eigenvector and the gradient on the probe set, every "
+              "2nd epoch (signed: arccos of the cosine, as the X-SAM paper's Fig. 1):", "",
               "| run | angles | clean gradient: share 80–100° (%) | median | SAM's perturbed "
               "gradient: share 80–100° (%) | median |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for n, g in groups.items():
@@ -877,7 +890,7 @@ def plot_lambda(plt, runs, args):
                          color=f"C{i}", alpha=0.7, label=name if j == 0 else None)
             axes[1].hist([p["angle_gradient"] for p in points[1:]], bins=18, range=(0, 180),
                          color=f"C{i}", alpha=0.35, label=name if j == 0 else None)
-    axes[0].set(xscale="log", yscale="log", xlabel="training loss on the probe set (CE + L2)",
+    axes[0].set(xscale="log", yscale="log", xlabel="training cross-entropy on the probe set (noisy labels)",
                 ylabel="λ_max", title="λ_max vs training loss (one line per seed)")
     axes[0].invert_xaxis()
     axes[1].set(xlabel="angle(gradient, top eigenvector), degrees", ylabel="epochs × seeds",
@@ -931,8 +944,16 @@ def parse_args(argv=None):
 
 
 def report(args, protocol):
-    runs = index(read_records(args.results, protocol))
-    lines = [f"# Study: {protocol}", ""]
+    records = read_records(args.results, protocol)
+    runs = index(records)
+    lines = ["# Study tables (generated by `python benchmarks/study.py report`)", "",
+             f"- results: `{os.path.relpath(args.results, common.REPO)}`, {len(records)} runs "
+             "of this protocol", f"- protocol: `{json.dumps(protocol)}`",
+             f"- ρ grid {', '.join(f'{r:g}' for r in args.rhos)}; ρ* = {args.rho:g} for the "
+             "multi-step, X-SAM and curvature parts",
+             "- accuracies in %, differences in percentage points (pp), paired by seed, ± the "
+             "standard error of the per-seed differences; verdict: held / not held when "
+             "|d| ≥ 2 SE, else not resolved", ""]
     for section in (regime_section, xsam_section, mechanism_section, multistep_section,
                     x_sam_section, curvature_section):
         lines += section(runs, args) + [""]
