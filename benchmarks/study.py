@@ -386,7 +386,8 @@ def configs_of(part, args):
                 for k in (1, 2, 3) for m in ("sam", "xsam")]
     if part == "x-sam":
         return [{"method": "sam", "rho": rho}] + [
-            {"method": "x-sam", "rho": rho, "lr_scale": s} for s in args.xsam_lr_scales]
+            {"method": "x-sam", "rho": rho, "lr_scale": s} for s in args.xsam_lr_scales] + [
+            {"method": "x-sam", "rho": rho, "lr_scale": args.xsam_lr_scale, "epochs_scale": 2}]
     if part == "curvature":
         return list({json.dumps(c, sort_keys=True): c
                      for c in curvature_configs(args).values()}.values())
@@ -773,6 +774,9 @@ def x_sam_section(runs, args):
         if runs_of(runs, c):
             lines.append(config_row(label(c), runs_of(runs, c)))
     best = chosen_by_validation(runs, grid)
+    twice = dict(best or {}, epochs_scale=2)
+    if best and runs_of(runs, twice):
+        lines.append(config_row(label(twice), runs_of(runs, twice)))
     lines += ["", *DIFF_HEADER]
     paper = {"method": "x-sam", "rho": args.rho, "lr_scale": 1.0}
     lines.append(diff_row("X-SAM at SAM's learning rate (the paper's protocol) − SAM",
@@ -780,6 +784,8 @@ def x_sam_section(runs, args):
     if best:
         lines.append(diff_row(f"X-SAM at lr×{best['lr_scale']:g} (chosen on validation) − SAM",
                               runs_of(runs, sam), runs_of(runs, best)))
+        lines.append(diff_row(f"convergence: {label(twice)} − 1×", runs_of(runs, best),
+                              runs_of(runs, twice), convergence=True))
     return lines
 
 
