@@ -724,6 +724,16 @@ def mechanism_section(runs, args):
         same = sum(abs(s["batch_best"] - s["alpha_star"]) < 1e-6 for s in everything)
         lines.append(f"α* equals the probed batch's own best grid α on {same} of "
                      f"{len(everything)} samples.")
+    for rho, group in xsam.items():
+        series = [[c["optimizer_alpha"] for c in r.get("search_checks", [])]
+                  for r in group.values()]
+        alphas = [a for s in series for a in s]
+        steps = [abs(b - a) for s in series for a, b in zip(s, s[1:])]
+        if alphas:
+            q = quantiles(alphas)
+            lines.append(f"ρ={rho:g}: α* over the epochs' searches: median {q[1]:.1f} "
+                         f"(10–90 %: {q[0]:.1f}–{q[2]:.1f}); mean |change| from one epoch to "
+                         f"the next {sum(steps) / max(1, len(steps)):.2f}.")
     checks = [c for g in xsam.values() for r in g.values() for c in r.get("search_checks", [])]
     if checks:
         agree = sum(abs(c["optimizer_alpha"] - c["probe_alpha"]) < 1e-6 for c in checks)
