@@ -672,7 +672,7 @@ def mechanism_samples(runs_list):
                             "vs_sam": losses[star] - losses[one],
                             "vs_sgd_plus": losses[star] - losses[0],
                             "batch_best": losses.index(max(losses)) * delta,
-                            "loss_sam": losses[one]})
+                            "loss_sam": losses[one], "loss_sgd_plus": losses[0]})
     return out
 
 
@@ -925,12 +925,14 @@ def plot_mechanism(plt, runs, args):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, ref in zip(axes, ("vs_sam", "vs_sgd_plus"), ("α = 1 (SAM)", "α = 0 (SGD+)")):
-        values = [s[key] for s in samples if s["alpha_star"] != (1.0 if key == "vs_sam" else 0)]
-        if values:
-            ax.hist(values, bins=40)
+        base = "loss_sam" if key == "vs_sam" else "loss_sgd_plus"
+        values = [100 * s[key] / s[base] for s in samples
+                  if s["alpha_star"] != (1.0 if key == "vs_sam" else 0) and s[base] > 0]
+        if values:  # relative differences, the central 98 % (the tails are long)
+            ax.hist(values, bins=40, range=tuple(quantiles(values, (0.01, 0.99))))
         ax.axvline(0, color="k", lw=0.8)
         share = 100 * sum(v > 0 for v in values) / max(1, len(values))
-        ax.set(xlabel=f"L_B(θ+ρ_m v(α*)) − L_B(θ+ρ_m v({ref.split()[2]}))",
+        ax.set(xlabel=f"L_B(θ+ρ_m v(α*)) / L_B(θ+ρ_m v({ref.split()[2]})) − 1, %",
                ylabel="probed later batches",
                title=f"vs {ref}: {share:.0f} % > 0 (n={len(values)}, α* ≠ ref)")
     fig.suptitle("XSAM: does the epoch's α* still beat the reference direction between searches?")
