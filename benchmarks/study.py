@@ -902,9 +902,11 @@ def plot_accuracy(plt, runs, args):
         means = [mean_se([v["test_accuracy"] for v in runs_of(runs, f(r)).values()]) for r in rhos]
         diffs = [paired(sgd, runs_of(runs, f(r)))[:2] for r in rhos]
         for ax, values in zip(axes, (means, diffs)):
-            ax.errorbar(x, [100 * m for m, _ in values],
-                        yerr=[100 * e if math.isfinite(e) else 0 for _, e in values],
-                        marker="o", capsize=3, label=name)
+            if any(math.isfinite(m) for m, _ in values):
+                ax.errorbar(x, [100 * m for m, _ in values],
+                            yerr=[100 * e if math.isfinite(e) else 0 for _, e in values],
+                            marker="o", capsize=3, label=name)
+                ax.set_xscale("log")
     sgd_mean = mean_se([v["test_accuracy"] for v in sgd.values()])[0]
     if math.isfinite(sgd_mean):
         axes[0].axhline(100 * sgd_mean, color="gray", ls="--", label="SGD")
@@ -912,7 +914,7 @@ def plot_accuracy(plt, runs, args):
     axes[0].set(ylabel="test accuracy % (mean ± SE over seeds)")
     axes[1].set(ylabel="test accuracy − SGD's, same seed (pp, ± paired SE)")
     for ax in axes:
-        ax.set(xscale="log", xlabel="ρ (XSAM: ρ_m = 2ρ)")
+        ax.set(xlabel="ρ (XSAM: ρ_m = 2ρ)")
         ax.legend(fontsize=8)
     fig.suptitle("MNIST 2,000 images, 40 % label noise, MLP, 60 epochs: accuracy vs ρ")
     return fig
