@@ -832,20 +832,22 @@ def curvature_section(runs, args):
     every = [{"measurements": measurements(r)} for g in groups.values() for r in g.values()]
     levels = sharpness.loss_levels(every) if every else []
     names = list(groups)
+    ratio_pairs = [(n, "SGD") for n in names[1:]] + [(n, "SAM") for n in names[2:]
+                                                      if "SAM" in groups]
     lines += ["λ_max (of cross-entropy + L2) on the probe set at the training-loss levels "
-              "(cross-entropy on the probe set, noisy labels) every run passed through; mean ± SE over seeds; ratio: paired "
-              "geometric mean of per-seed ratios to SGD.", "",
+              "(cross-entropy on the probe set, noisy labels) every run passed through; mean ± "
+              "SE over seeds; ratios: geometric mean of the per-seed ratios (×/÷ its SE).", "",
               "| loss | " + " | ".join(f"λ_max {n}" for n in names)
-              + " | " + " | ".join(f"{n}/SGD" for n in names[1:]) + " |",
-              "| ---: |" + " ---: |" * (2 * len(names) - 1)]
+              + " | " + " | ".join(f"{n}/{m}" for n, m in ratio_pairs) + " |",
+              "| ---: |" + " ---: |" * (len(names) + len(ratio_pairs))]
     for level in levels:
         lam = {n: {s: sharpness.lambda_at_loss(measurements(r), level) for s, r in g.items()}
                for n, g in groups.items()}
         cells = [fmt_sig(*mean_se([v for v in lam[n].values() if v])) for n in names]
         ratios = []
-        for n in names[1:]:
-            logs = [math.log(lam[n][s] / lam["SGD"][s]) for s in lam[n]
-                    if lam[n][s] and lam["SGD"].get(s)]
+        for n, m in ratio_pairs:
+            logs = [math.log(lam[n][s] / lam[m][s]) for s in lam[n]
+                    if lam[n][s] and lam[m].get(s)]
             m, se = mean_se(logs)
             ratios.append("—" if not logs else f"{math.exp(m):.2f} (n={len(logs)}" + (
                 f", ×/÷ {math.exp(se):.2f})" if math.isfinite(se) else ")"))
