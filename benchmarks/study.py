@@ -381,8 +381,8 @@ def configs_of(part, args):
                                           {"method": "sam", "rho": r},
                                           {"method": "xsam", "rho": r, "mechanism": True})]
     if part == "xsam-multistep":
-        return [{"method": m, "rho": rho, "steps": k, **({"mechanism": True} if m == "xsam"
-                                                         and k == 1 else {})}
+        return [{"method": m, "rho": rho, **({"steps": k} if k > 1 else {}),  # k=1: `xsam`'s
+                 **({"mechanism": True} if m == "xsam" and k == 1 else {})}
                 for k in (1, 2, 3) for m in ("sam", "xsam")]
     if part == "x-sam":
         return [{"method": "sam", "rho": rho}] + [
