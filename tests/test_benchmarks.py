@@ -102,3 +102,26 @@ def test_sharpness_quick(tmp_path):
         path = tmp_path / name
         assert path.is_file() and path.stat().st_size > 1000, name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_quick(tmp_path):
+    """benchmarks/study.py: dynamic XSAM (two epochs on 500 MNIST images), its mechanism
+    probe checked against the optimizer's own α search, the report, and resuming (a second
+    call runs nothing)."""
+    if not (DATA_DIR / "mnist.npz").is_file():
+        pytest.skip(f"mnist.npz not in {DATA_DIR}")
+    results = tmp_path / "runs.jsonl"
+    args = ("xsam", "--rhos", "0.1", "--configs", "XSAM ρ=0.1", "--results", str(results),
+            "--out-dir", str(tmp_path))
+    out = run_benchmark("study.py", *args, timeout=300)
+    (row,) = table_rows(out, "0.1")
+    assert row[1].startswith("—") and row[2].startswith("—"), row  # SGD+ and SAM not run
+    assert 0.0 < float(row[3].split()[0]) <= 100.0, row  # XSAM's test accuracy, %
+    assert len(results.read_text().splitlines()) == 1
+    # The probe re-evaluates XSAM's grid on each search batch: its argmax is the optimizer's α*.
+    match = re.search(r"equals the optimizer's α\* in (\d+) of (\d+) searches", out)
+    assert match and match.group(1) == match.group(2) == "2", out[-3000:]
+    (mechanism,) = [r for r in table_rows(out, "all ρ") if r[1].startswith("α = 1")]
+    assert int(mechanism[2]) == 2 * 3  # 2 epochs × 3 probed later batches
+    again = run_benchmark("study.py", *args)
+    assert len(results.read_text().splitlines()) == 1 and table_rows(again, "0.1") == [row]
