@@ -4,7 +4,7 @@
 - `make(inner)` builds the keras_sam optimizer around a Keras optimizer;
 - `direction(passes, params, state, step)` gives, in float64 NumPy, the vector
   the inner optimizer receives and the decoupled correction applied after it
-  (or None), with the formulas of tests/reference.py (ALGORITHMS.md). `passes`
+  (or None), with the formulas of tests/reference.py (docs/algorithms.md). `passes`
   are the plain-Keras loss/gradient/HVP of the unwrapped model on the step's
   mini-batch (plain_keras.py); `state` is the method's own state, a dict kept
   across steps.
