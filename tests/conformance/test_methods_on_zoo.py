@@ -129,6 +129,7 @@ def test_method_equals_plain_keras_reference(mode, model, method):
         warnings.simplefilter("always")
         check(model, method, mode)
     if mode == "torch_compiled":
-        # Either compiled, or run eagerly with a warning that says why — once.
-        fallbacks = [w for w in caught if "eager" in str(w.message).lower()]
-        assert len(fallbacks) <= 1, [str(w.message) for w in fallbacks]
+        # The SAM step runs eagerly under torch.compile, with a warning that
+        # says why — once per model.
+        fallbacks = [w for w in caught if "runs eagerly" in str(w.message)]
+        assert len(fallbacks) == 1, [str(w.message) for w in caught]
