@@ -12,7 +12,7 @@ pip install -q "keras==3.10.0" -e ".[tensorflow,jax]" pytest
 print_versions
 echo "oldest-Keras install: $(( $(date +%s) - start )) s"
 status=0
-python tests/run_all_backends.py --backends=jax,tensorflow \
+python tests/run_all_backends.py --backends=jax,tensorflow --parallel \
     "${ENGINE_AND_METHOD_TESTS[@]}" "$@" || status=$?
 echo "oldest-Keras pass (install + tests): $(( $(date +%s) - start )) s"
 exit "$status"
