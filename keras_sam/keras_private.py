@@ -171,3 +171,22 @@ def tensorflow_moments_replaced_by(compute_moments):
         yield True
     finally:
         module._compute_moments = original
+
+
+def public_optimizer_config(config):
+    """A serialized Keras optimizer under its public class (`keras.optimizers.SGD`).
+
+    On torch, `keras.optimizers.SGD(...)` is an instance of a torch-only
+    subclass that Keras serializes under its private module
+    (`keras.src.backend.torch.optimizers...`), so a file saved on torch would
+    not train on the other backends; under the public name it loads as each
+    backend's own class. Files saved that way before are read the same way.
+    """
+    if not isinstance(config, dict) or not str(config.get("module", "")).startswith(
+        "keras.src.backend."
+    ):
+        return config
+    public = getattr(keras.optimizers, str(config.get("class_name")), None)
+    if not (isinstance(public, type) and issubclass(public, keras.optimizers.Optimizer)):
+        return config
+    return {**config, "module": "keras.optimizers", "registered_name": None}

@@ -181,3 +181,13 @@ def test_hvp_without_the_moments_hook_warns_and_runs(monkeypatch):
     # through the mean (2·v instead of 0); tf-nightly 2.22's gives the exact 0.
     value = float(ops.convert_to_numpy(fallback[0])[0])
     assert value in (pytest.approx(0.0, abs=1e-6), pytest.approx(2.0, rel=1e-6))
+
+
+def test_public_optimizer_config_maps_backend_classes_to_public_ones():
+    config = keras.saving.serialize_keras_object(keras.optimizers.SGD(0.1))
+    private = {**config, "module": "keras.src.backend.torch.optimizers.torch_sgd"}
+    public = keras_private.public_optimizer_config(private)
+    assert public["module"] == "keras.optimizers"
+    restored = keras.saving.deserialize_keras_object(public)
+    assert isinstance(restored, keras.optimizers.SGD)
+    assert keras_private.public_optimizer_config(config) == config

@@ -101,25 +101,6 @@ class Update:
     extra_step: object = None
 
 
-def _public_config(config):
-    """A serialized Keras optimizer under its public class (`keras.optimizers.SGD`).
-
-    On torch, `keras.optimizers.SGD(...)` is an instance of a torch-only
-    subclass (`keras.src.backend.torch.optimizers.torch_sgd.SGD`) that Keras
-    serializes under its own module, which makes a file saved on torch fail to
-    train on the other backends; under the public name it loads as each
-    backend's own class. Files saved that way before are read the same way.
-    """
-    if not isinstance(config, dict) or not str(config.get("module", "")).startswith(
-        "keras.src.backend."
-    ):
-        return config
-    public = getattr(keras.optimizers, str(config.get("class_name")), None)
-    if not (isinstance(public, type) and issubclass(public, keras.optimizers.Optimizer)):
-        return config
-    return {**config, "module": "keras.optimizers", "registered_name": None}
-
-
 def _sum_vectors(lists):
     total = lists[0]
     for xs in lists[1:]:
@@ -688,7 +669,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def get_config(self):
         return {
             "name": self.name,
-            "optimizer": _public_config(keras.saving.serialize_keras_object(self.inner_optimizer)),
+            "optimizer": keras_private.public_optimizer_config(
+                keras.saving.serialize_keras_object(self.inner_optimizer)
+            ),
             "rho": keras.saving.serialize_keras_object(self.rho) if callable(self.rho) else self.rho,
             "steps": self.steps,
             "adaptive": self.adaptive,
@@ -707,6 +690,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         optimizer = keras.saving.deserialize_keras_object(
-            _public_config(config.pop("optimizer")), custom_objects=custom_objects
+            keras_private.public_optimizer_config(config.pop("optimizer")),
+            custom_objects=custom_objects,
         )
         return cls(optimizer, **config)
