@@ -190,4 +190,4 @@ def test_public_optimizer_config_maps_backend_classes_to_public_ones():
     assert public["module"] == "keras.optimizers"
     restored = keras.saving.deserialize_keras_object(public)
     assert isinstance(restored, keras.optimizers.SGD)
-    assert keras_private.public_optimizer_config(config) == config
+    assert keras_private.public_optimizer_config(public) == public
