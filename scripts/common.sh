@@ -1,16 +1,15 @@
 # Shared by the check scripts in this folder (sourced, not run).
 
-# The engine and method tests: the training step, every method, the backends'
-# HVPs, the Hessian diagnostics, mixed precision and the private Keras members.
-# No examples, benchmarks, multi-device runs, perturbation groups or inner
-# optimizer options (to keep .ci/run's second pass short).
+# The engine and method tests: the private Keras members, the training step,
+# every method, the backends' gradients and HVPs, mixed precision (Keras'
+# LossScaleOptimizer). No diagnostics, examples, benchmarks, conformance zoo,
+# multi-device runs, perturbation groups or inner optimizer options (to keep
+# .ci/run's second pass short).
 ENGINE_AND_METHOD_TESTS=(
     tests/test_keras_private.py
     tests/test_models.py
     tests/optimizers
     tests/backend
-    tests/test_hessian.py
-    tests/test_callbacks.py
     tests/test_mixed_precision.py
 )
 

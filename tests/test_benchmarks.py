@@ -1,8 +1,8 @@
 """The --quick modes of benchmarks/generalization.py and benchmarks/sharpness.py, end to end.
 
 Each runs in a subprocess with KERAS_BACKEND=jax (the benchmarks start their
-own processes), so these tests run once in the three-backend suite: on the jax
-pass; skipped on the others. Skipped too without the local CIFAR-10 copy
+own processes), so these tests run once in the three-backend suite, in the
+session of conftest.PROCESS_HOST; skipped on the others. Skipped too without the local CIFAR-10 copy
 (../shared/data next to the repository). The PNG checks need matplotlib (the
 `benchmarks` extra).
 """
@@ -14,16 +14,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import pytest
+
+from tests.conftest import in_process_host_session
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data"
 DATA_FILES = ("cifar10_train_part1.npz", "cifar10_test.npz")
 
 pytestmark = [
-    pytest.mark.skipif(keras.backend.backend() != "jax",
-                       reason="runs once, in the jax pass (the benchmarks start their own processes)"),
+    in_process_host_session("the benchmarks start their own processes"),
     pytest.mark.skipif(not all((DATA_DIR / f).is_file() for f in DATA_FILES),
                        reason=f"CIFAR-10 .npz files not in {DATA_DIR}"),
 ]

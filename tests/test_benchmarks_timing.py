@@ -12,16 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import pytest
 
+from tests.conftest import in_process_host_session
+
 ROOT = Path(__file__).resolve().parents[1]
-BACKEND = keras.backend.backend()
 DATA_DIR = ROOT.parent / "shared" / "data"
 
 
 def run(script, *args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
@@ -32,7 +32,7 @@ def numbers(row):
     return [float(x) for x in re.findall(r"(?<![\w.])(\d+\.\d+)(?=×| |$)", row)]
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="one backend's pass is enough for a smoke run")
+@in_process_host_session("a smoke run on JAX in a process of its own")
 def test_step_time_quick_core_suite_reports_sam_over_inner():
     out = run("step_time.py", "--quick", "--suite", "core", "--backends", "jax", "--threads", "1")
     rows = [line for line in out.splitlines() if line.startswith("| jax")]
@@ -41,7 +41,7 @@ def test_step_time_quick_core_suite_reports_sam_over_inner():
     assert values and all(math.isfinite(v) and v > 0 for v in values), rows[0]
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="one backend's pass is enough for a smoke run")
+@in_process_host_session("a smoke run on JAX in a process of its own")
 def test_hvp_time_reports_hvp_over_gradient():
     out = run("hvp_time.py", "--repeats", "2", "--batch-size", "16", "--threads", "1",
               "--backends", "jax")
@@ -51,7 +51,7 @@ def test_hvp_time_reports_hvp_over_gradient():
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in rows.values()), out
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="one backend's pass is enough for a smoke run")
+@in_process_host_session("a smoke run on JAX in a process of its own")
 @pytest.mark.skipif(not (DATA_DIR / "cifar10_train_part1.npz").is_file(),
                     reason=f"CIFAR-10 not in {DATA_DIR}")
 def test_eigenvector_quality_quick_reports_cosines():

@@ -17,7 +17,7 @@ backend, each in its own subprocess with KERAS_BACKEND set. Then:
   not a no-op) and skipped no step.
 
 The suite is run once per KERAS_BACKEND value, and this test covers all three
-backends by itself, so it runs only in the jax session.
+backends by itself, so it runs in one session only (conftest.PROCESS_HOST).
 """
 
 import json
@@ -32,18 +32,11 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import cross_backend_run as run  # noqa: E402
+from tests.conftest import in_process_host_session  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 TOLERANCE = 1e-5
-SESSION_BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
-
-pytestmark = pytest.mark.skipif(
-    SESSION_BACKEND != "jax",
-    reason=(
-        "runs all three backends in subprocesses by itself: it runs in the "
-        f"KERAS_BACKEND=jax session only (this session: {SESSION_BACKEND})"
-    ),
-)
+pytestmark = in_process_host_session("runs all three backends in subprocesses")
 
 
 def run_in_subprocess(backend, script, out_dir):

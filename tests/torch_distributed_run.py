@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 os.environ["KERAS_BACKEND"] = "torch"
 
@@ -48,6 +49,8 @@ RANKS = 2
 BATCH = 16
 STEPS = 4
 PARTIAL = 7  # the last global batch of the partial cases
+# Past this the ranks are stopped: a stuck collective fails the test, not the suite.
+JOIN_SECONDS = 900
 
 
 def sgd(momentum=0.0):
@@ -172,6 +175,17 @@ def worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
+def _join(processes, deadline):
+    """Waits for the spawned ranks; stops them and raises past `deadline`,
+    so that a stuck collective fails the test instead of hanging the suite."""
+    while time.time() < deadline:
+        if processes.join(timeout=5):
+            return
+    for process in processes.processes:
+        process.kill()
+    raise TimeoutError(f"the {RANKS} ranks did not finish within {JOIN_SECONDS} s")
+
+
 def max_difference(a, b):
     return float(max([np.max(np.abs(u - v)) for u, v in zip(a, b)], default=0.0))
 
@@ -195,8 +209,7 @@ def run():
                                  join=False)
             single = [train(case) for case in CASES]
             starts = [initial_weights(case) for case in CASES]
-            while not processes.join():
-                pass
+            _join(processes, deadline=time.time() + JOIN_SECONDS)
             ranks = [np.load(os.path.join(out_dir, f"rank{r}.npy"), allow_pickle=True)
                      for r in range(RANKS)]
     finally:

@@ -38,6 +38,46 @@ def _dense(grads):
     return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
 
+def _register_xla_slice_gradients():
+    """Gradients of the two XLA slice ops, which TensorFlow does not register.
+
+    Under XLA, TensorFlow differentiates `Slice` (and so `ConcatV2`, `Split`,
+    `x[1:3]`) into `XlaDynamicUpdateSlice`. A forward-over-reverse
+    Hessian-vector product differentiates that gradient again, and needs the
+    gradients of `XlaDynamicUpdateSlice` and `XlaDynamicSlice`. Both ops are
+    linear in their tensor operands: each one's gradient is the other one.
+    Registered only where TensorFlow has none. The ops come from the module
+    TensorFlow's own `Slice` gradient takes them from (not in `tf.raw_ops`),
+    imported only when such a gradient is built.
+    """
+
+    def xla_ops():
+        from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+        return gen_xla_ops.xla_dynamic_update_slice, gen_xla_ops.xla_dynamic_slice
+
+    def update_grad(op, grad):
+        update, dynamic_slice = xla_ops()
+        _, patch, indices = op.inputs
+        rest = update(grad, tf.zeros_like(patch), indices)
+        return rest, dynamic_slice(grad, indices, tf.shape(patch, out_type=indices.dtype)), None
+
+    def slice_grad(op, grad):
+        update, _ = xla_ops()
+        source, start, _ = op.inputs
+        return update(tf.zeros_like(source), grad, start), None, None
+
+    for name, gradient in (("XlaDynamicUpdateSlice", update_grad),
+                           ("XlaDynamicSlice", slice_grad)):
+        try:
+            tf.RegisterGradient(name)(gradient)
+        except KeyError:  # TensorFlow has its own
+            pass
+
+
+_register_xla_slice_gradients()
+
+
 def _exact_moments(x, axes, keepdims):
     mean = tf.reduce_mean(x, axes, keepdims=True)
     variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=keepdims)

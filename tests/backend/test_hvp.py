@@ -128,6 +128,38 @@ def test_hvp_inside_compiled_functions_and_no_grad():
         np.testing.assert_allclose(flat(got), flat(want), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's XLA gradients")
+def test_hvp_through_slices_and_concatenation_under_xla():
+    """Under XLA, TensorFlow's gradient of a slice (and of a concatenation, made
+    of slices) is an `XlaDynamicUpdateSlice`, which TensorFlow gives no gradient
+    of its own: a forward-over-reverse product through it needs one."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    a, b, va, vb = (rng.normal(size=(4, 3)) for _ in range(4))
+
+    def fn(params):
+        pa, pb = params
+        joined = ops.concatenate([ops.tanh(pa), pb * pb], axis=1)  # (4, 6)
+        return ops.sum(joined[:, 1:5] ** 3) + ops.sum(ops.exp(pa[1:3]))
+
+    params, v = tensors([a, b]), tensors([va, vb])
+    eager = backend.hvp(fn, params, v)
+    xla = tf.function(lambda p, w: backend.hvp(fn, p, w), jit_compile=True)(params, v)
+    for got, want in zip(xla, eager):
+        np.testing.assert_allclose(flat(got), flat(want), rtol=1e-5, atol=1e-6)
+    # The eager product against the closed form of this function.
+    t = np.tanh(a)
+    dt, ddt = 1 - t * t, -2 * t * (1 - t * t)
+    mask_a = np.zeros((4, 3)); mask_a[:, 1:] = 1  # tanh(a)[:, 1:3] enters the cube sum
+    mask_b = np.zeros((4, 3)); mask_b[:, :2] = 1  # (b²)[:, 0:2] enters it too
+    rows = np.zeros((4, 3)); rows[1:3] = 1  # exp(a[1:3])
+    ha = mask_a * (6 * t * dt * dt + 3 * t * t * ddt) * va + rows * np.exp(a) * va
+    hb = mask_b * (30 * b ** 4) * vb
+    np.testing.assert_allclose(flat(eager[1]), np.concatenate([ha.ravel(), hb.ravel()]),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_batchnorm_second_derivatives(training):
     """H·v against finite differences of the (exact) gradient, in both modes.

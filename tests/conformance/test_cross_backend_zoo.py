@@ -1,27 +1,23 @@
 """Every zoo model trains to the same weights on TensorFlow, JAX and torch.
 
 cross_backend_zoo_run.py trains each zoo model (Dropout rate 0) with one
-method — model i with method i, so every method is used once — from the same
+method — model i with method i + 5 (mod 10), so every method is used once — from the same
 NumPy weights on the same data, once per backend in its own subprocess
 (TensorFlow graph, JAX jit, torch eager). Every weight after the first and
 the last step agrees across the backends to 1e-5. It runs all three backends
-by itself, so only in the KERAS_BACKEND=jax session.
+by itself, so in one session only (conftest.PROCESS_HOST).
 """
-
-import os
 
 import numpy as np
 import pytest
 
 from tests.conformance import cross_backend_zoo_run as run
+from tests.conftest import in_process_host_session
 from tests.test_cross_backend import BACKENDS, HERE, run_in_subprocess
 
 TOLERANCE = 1e-5
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("KERAS_BACKEND", "tensorflow") != "jax",
-    reason="runs all three backends in subprocesses: in the KERAS_BACKEND=jax session only",
-)
+pytestmark = in_process_host_session("runs all three backends in subprocesses")
 
 
 @pytest.fixture(scope="module")

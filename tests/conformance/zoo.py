@@ -218,8 +218,8 @@ def dict_inputs_outputs(dropout):
 ZOO = {
     f.__name__: f
     for f in (
-        embedding_pool, embedding_mask_zero_pool, lstm_gru_masked, transformer_block,
-        convolutions, mobilenet, nested_shared, frozen_layers, added_losses,
+        embedding_pool, embedding_mask_zero_pool, transformer_block, convolutions,
+        nested_shared, mobilenet, lstm_gru_masked, frozen_layers, added_losses,
         dict_inputs_outputs,
     )
 }
