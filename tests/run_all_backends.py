@@ -6,8 +6,8 @@ The backends' processes run side by side (most tests use one core, and CI has
 two): the first backend's output is passed through as it comes (progress,
 then the reasons of skipped tests, `-rs`), the others' when they end. A
 backend's pytest still running after DEADLINE seconds is stopped, its
-threads' stacks printed, and counted as failed. Side by side, each process
-gets its share of the CPUs (`_thread_limits`).
+threads' stacks printed, and counted as failed. Side by side, each process's
+torch gets its share of the CPUs (`_thread_limits`).
 Options, first and in this order: `--backends=jax,tensorflow` runs those
 backends only; `--sequential` runs one backend at a time, each streamed.
 The last line sums the runs.
@@ -35,15 +35,12 @@ def _stacks_file(backend):
 
 
 def _thread_limits(processes):
-    """Environment that gives each of `processes` side-by-side pytest processes
-    its share of the CPUs (at least one thread): torch's OpenMP, TensorFlow's
-    and XLA's thread pools otherwise each take every core, and wait on each other."""
-    threads = str(max(1, len(os.sched_getaffinity(0)) // processes))
-    xla = os.environ.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads" not in xla:
-        xla = f"{xla} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
-    return {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": threads, "XLA_FLAGS": xla.strip()}
+    """Environment that gives torch's OpenMP pool (and NumPy's BLAS) of each of
+    `processes` side-by-side pytest processes its share of the CPUs: OpenMP
+    threads spin while they wait, and several pools over two cores wait on each
+    other. TensorFlow's and XLA's pools keep their defaults (limited to one
+    thread each, the suite took longer)."""
+    return {"OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // processes))}
 
 
 def _start(backend, args, output, side_by_side=1):
@@ -52,8 +49,7 @@ def _start(backend, args, output, side_by_side=1):
         KERAS_SAM_STACKS_FILE=_stacks_file(backend),
     )
     if side_by_side > 1:
-        env.update({k: v for k, v in _thread_limits(side_by_side).items()
-                    if k == "XLA_FLAGS" or k not in os.environ})
+        env.update({k: v for k, v in _thread_limits(side_by_side).items() if k not in os.environ})
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-rs", *args],
         env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
