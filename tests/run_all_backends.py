@@ -27,7 +27,7 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|desel
 # A backend's pytest still running after this many seconds is stopped (its
 # threads' stacks printed first) and counted as failed: a hang fails the run
 # with a diagnosis instead of running into CI's own limit.
-DEADLINE = 40 * 60
+DEADLINE = 60 * 60
 
 
 def _stacks_file(backend):

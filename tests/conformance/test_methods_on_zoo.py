@@ -115,9 +115,25 @@ def _max_difference(xs, ys):
     return max(float(np.max(np.abs(np.asarray(x, "float64") - y))) for x, y in zip(xs, ys))
 
 
+def _mismatch(got, want):
+    return max(_max_difference(got[step], want[step]) for step in (0, zoo.STEPS - 1))
+
+
 def check(model, method, mode):
+    """Asserts the package's run equals the reference; returns a note when the
+    cached reference had to be recomputed, else None."""
     got, names = package_history(model, method, mode)
-    want = reference_history(model, method, dropout_rate(mode))
+    want, note = reference_history(model, method, dropout_rate(mode)), None
+    if _mismatch(got, want) > TOLERANCE:
+        # Seen once in CI on JAX (added_losses / WSAM coupled, 1 run in ~15): the
+        # cached reference was 2e-4 off after step 3 while the package's weights
+        # equalled every other reference run. A fresh reference run decides, and
+        # two references that disagree are reported as a warning.
+        fresh = methods.reference_run(zoo.ZOO[model](dropout=dropout_rate(mode)), method)
+        if _mismatch(fresh, want) > TOLERANCE:
+            note = (f"{model} / {method}: two plain-Keras reference runs differ by "
+                    f"{_mismatch(fresh, want):.1e}")
+        want = fresh
     for step in (0, zoo.STEPS - 1):
         for name, a, b in zip(names, got[step], want[step]):
             np.testing.assert_allclose(
@@ -127,13 +143,16 @@ def check(model, method, mode):
     # The method matters at the scale of the tolerance (the check can fail).
     plain = reference_history(model, None, dropout_rate(mode))
     assert _max_difference(want[-1], plain[-1]) > 100 * TOLERANCE
+    return note
 
 
 @pytest.mark.parametrize("mode,model,method", RUNS)
 def test_method_equals_plain_keras_reference(mode, model, method):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check(model, method, mode)
+        note = check(model, method, mode)
+    if note:
+        warnings.warn(note)
     if mode == "torch_compiled":
         # The SAM step runs eagerly under torch.compile, with a warning that
         # says why — once per model.
