@@ -1,9 +1,9 @@
 """What the benchmark scripts share: the small CIFAR CNNs, CIFAR-10 subsets, the methods,
 thread limits.
 
-Imported by `benchmarks/*.py` as `common` (the scripts' own folder is first on
-`sys.path` when they run). Nothing here imports Keras or a backend at import
-time: a script's parent process can use it before choosing its backend.
+Imported by the benchmark modules as `benchmarks.common`. Nothing here imports
+Keras or a backend at import time: a benchmark's parent process can use it
+before choosing its backend.
 
 - `build_cnn(keras)`: Conv32-BN-ReLU ×2, max-pool, Conv64-BN-ReLU, max-pool,
   Conv64-BN-ReLU, global average pool, Dense 10 logits (66,794 parameters,
@@ -22,6 +22,7 @@ time: a script's parent process can use it before choosing its backend.
   `method_description`: the methods they compare, with their defaults.
 - `single_thread_env()`, `limit_threads(backend)`: one thread per process
   (environment for a child process; the backend's own pools in-process).
+- `command_line(argv)`: how a run started, for its report.
 - The timing harness of `step_time.py`, `peers.py` and `profile_peers.py`:
   `Runner` (one compiled train function on a fixed batch, as `fit` calls it),
   `time_interleaved` (the variants' calls in rotating order, round after
@@ -35,6 +36,7 @@ import gc
 import importlib.metadata
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -229,6 +231,14 @@ def normalize(x):
 
 
 # -- threads ----------------------------------------------------------------------------
+def command_line(argv=None):
+    """How this run started, for its report: `python -m benchmarks.<name> ...`,
+    or `main([...])` when `main` was called with `argv`."""
+    if argv is not None:
+        return f"main({argv!r})"
+    return shlex.join(["python", "-m", sys.modules["__main__"].__spec__.name, *sys.argv[1:]])
+
+
 def single_thread_env(base=None):
     """A copy of the environment (`base`, default os.environ) that keeps every
     backend of a child process on one thread."""

@@ -1,8 +1,8 @@
 """How good is X-SAM's eigenvector estimate during a real training run?
 
-    python benchmarks/eigenvector_quality.py                       # full run, JAX (~1 h)
-    python benchmarks/eigenvector_quality.py --quick --backend torch   # smoke run (~1 min)
-    python benchmarks/eigenvector_quality.py --periods 1,2,5:2 --epochs 6
+    python -m benchmarks.eigenvector_quality                       # full run, JAX (~1 h)
+    python -m benchmarks.eigenvector_quality --quick --backend torch   # smoke run (~1 min)
+    python -m benchmarks.eigenvector_quality --periods 1,2,5:2 --epochs 6
 
 X-SAM (`keras_sam.EigenCorrection`) keeps an estimate v of the Hessian's
 dominant eigenvector, refreshed every p sharpness-aware steps of an epoch by q
@@ -66,13 +66,13 @@ import datetime
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-from common import BACKENDS, DEFAULT_DATA_DIR, IMAGE_SHAPE, REPO, build_cnn, log, normalize  # noqa: E402
+from benchmarks.common import (
+    BACKENDS, DEFAULT_DATA_DIR, IMAGE_SHAPE, build_cnn, command_line, log, normalize,
+)
 
 DATA_FILE = "cifar10_train_part1.npz"
 
@@ -453,11 +453,8 @@ def main(argv=None):
     check_data(args)  # before the slow imports
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(os.path.abspath(sys.argv[0]), REPO)] + sys.argv[1:]
-    ) if argv is None else "main(" + repr(argv) + ")"
+    command = command_line(argv)
     started = time.perf_counter()
-    sys.path.insert(0, REPO)
     import keras
     import numpy as np
 

@@ -1,9 +1,9 @@
 """Test accuracy of SGD, SAM, XSAM, X-SAM, GSAM, WSAM and ASAM on a CIFAR-10 subset.
 
-    python benchmarks/generalization.py > generalization.md        # full run (~60-70 min, 2 workers)
-    python benchmarks/generalization.py --quick                     # smoke run (< 60 s)
-    python benchmarks/generalization.py --report benchmarks/results/generalization.jsonl
-    python benchmarks/generalization.py --seeds 5                   # more seeds: only the new runs run
+    python -m benchmarks.generalization > generalization.md        # full run (~60-70 min, 2 workers)
+    python -m benchmarks.generalization --quick                     # smoke run (< 60 s)
+    python -m benchmarks.generalization --report benchmarks/results/generalization.jsonl
+    python -m benchmarks.generalization --seeds 5                   # more seeds: only the new runs run
 
 What is measured. Every method trains `common.build_vgg_style_cnn` (four
 Conv-BN-ReLU stages of 32, 64, 128, 256 channels with max-pooling, global
@@ -83,7 +83,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -91,8 +90,7 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-import common  # noqa: E402
+from benchmarks import common
 
 MARKER = "@@GENERALIZATION_JSON@@"
 MAIN_METHODS = ("sgd", "sam", "xsam", "x-sam", "gsam", "wsam", "asam")
@@ -297,7 +295,7 @@ def run_key(record):
 
 def launch(job, env):
     """Runs one job in a subprocess; returns (record or None, stderr tail)."""
-    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(job)]
+    command = [sys.executable, "-m", __spec__.name, "--child", json.dumps(job)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith(MARKER)), None)
     if proc.returncode != 0 or line is None:
@@ -535,10 +533,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child is not None:
         return child_main(args.child)
-    command = "python " + " ".join(
-        shlex.quote(a) for a in
-        [os.path.relpath(os.path.abspath(sys.argv[0]), common.REPO)] + sys.argv[1:]
-    ) if argv is None else f"main({argv!r})"
+    command = common.command_line(argv)
     if args.report:
         records = read_records(args.report)
         if not records:

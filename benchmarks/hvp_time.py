@@ -1,7 +1,7 @@
 """Time of one Hessian-vector product versus one gradient, per backend.
 
-    python benchmarks/hvp_time.py                    # all backends (~2 min)
-    python benchmarks/hvp_time.py --backends jax --repeats 30
+    python -m benchmarks.hvp_time                    # all backends (~2 min)
+    python -m benchmarks.hvp_time --backends jax --repeats 30
 
 The model is the small CIFAR-style CNN of `common.py` (Conv-BN-ReLU ×4,
 ~67k parameters), batch 128 of 32×32×3 inputs, inference mode (as
@@ -34,8 +34,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-from common import build_cnn  # noqa: E402
+from benchmarks.common import build_cnn
 
 BACKENDS = ("tensorflow", "jax", "torch")
 MARKER = "@@HVP_TIME_JSON@@"
@@ -165,7 +164,7 @@ def main():
                    JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
             env[var] = str(args.threads)
-        command = [sys.executable, os.path.abspath(__file__), "--child",
+        command = [sys.executable, "-m", __spec__.name, "--child",
                    f"--repeats={args.repeats}", f"--batch-size={args.batch_size}",
                    f"--threads={args.threads}"]
         proc = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -1,9 +1,9 @@
 """keras_sam's SAM step against other SAM implementations: same model, batch and run.
 
-    python benchmarks/peers.py                     # full run, all backends (on a quiet machine)
-    python benchmarks/peers.py --wait-quiet 300    # ... waiting up to 5 min per backend for quiet
-    python benchmarks/peers.py --quick             # smoke run, all backends (see below)
-    python benchmarks/peers.py --quick --backends jax --skip-memory
+    python -m benchmarks.peers                     # full run, all backends (on a quiet machine)
+    python -m benchmarks.peers --wait-quiet 300    # ... waiting up to 5 min per backend for quiet
+    python -m benchmarks.peers --quick             # smoke run, all backends (see below)
+    python -m benchmarks.peers --quick --backends jax --skip-memory
     KERAS_BACKEND=jax python -m pytest tests/test_benchmarks_peers.py   # --quick, one backend
 
 The peers are benchmark-only extras: `pip install "torch==2.13.0" -e
@@ -94,9 +94,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py
-import common  # noqa: E402
-from common import IMAGE_SHAPE, NUM_CLASSES, build_cnn  # noqa: E402
+from benchmarks import common
+from benchmarks.common import IMAGE_SHAPE, NUM_CLASSES, build_cnn
 
 BACKENDS = ("tensorflow", "jax", "torch")
 JIT_MODES = common.JIT_MODES  # tensorflow: XLA, graph; jax: jit; torch: eager
@@ -516,7 +515,7 @@ def run_timing(backend, args):
     print(f"[{backend}] timing ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = _run(
-        [sys.executable, os.path.abspath(__file__), "--child=timing", *_common_args(args)],
+        [sys.executable, "-m", __spec__.name, "--child=timing", *_common_args(args)],
         backend,
         args,
     )
@@ -553,7 +552,7 @@ def run_memory(backend, args):
                 continue
             start = time.perf_counter()
             out[label][variant] = _run(
-                [sys.executable, os.path.abspath(__file__), "--child=memory",
+                [sys.executable, "-m", __spec__.name, "--child=memory",
                  f"--variant={variant}", f"--jit={int(jit)}", *_common_args(args)],
                 backend,
                 args,

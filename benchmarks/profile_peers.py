@@ -1,8 +1,8 @@
 """Where the time and the memory of keras_sam's SAM step go, against pytorch-optimizer (torch).
 
-    python benchmarks/profile_peers.py                # full run (~15 min on 2 cores)
-    python benchmarks/profile_peers.py --quick --skip-memory   # smoke run (~10 s)
-    python benchmarks/profile_peers.py --skip-memory  # the time profile only (~2 min)
+    python -m benchmarks.profile_peers                # full run (~15 min on 2 cores)
+    python -m benchmarks.profile_peers --quick --skip-memory   # smoke run (~10 s)
+    python -m benchmarks.profile_peers --skip-memory  # the time profile only (~2 min)
     KERAS_BACKEND=torch python -m pytest tests/test_benchmarks_peers.py -k profile
 
 The profile that issue #6 asks for next to `peers.py`'s step-time and
@@ -30,8 +30,8 @@ side, then of the other, the order alternating (CPU activity only: with
   the loss (detached leaf copies, `stateless_call`'s scope, the RNG replay);
 - the inner optimizer's update: Keras `Optimizer.apply` (keras_sam) /
   torch's `Optimizer.step#SGD.step` (the peer);
-- the SAM step's own vector math: keras_sam's `ascend`, `compute_update`,
-  `apply_update` outside the passes and the inner update (norms, ρ·g/‖g‖,
+- the SAM step's own vector math: keras_sam's `ascend` and `_compute_update`
+  outside the passes and the inner update (norms, ρ·g/‖g‖,
   θ+e, finiteness checks, diagnostics); pytorch-optimizer's `first_step` /
   `second_step` outside the SGD step (norm, e, θ±e, zero_grad);
 - `.grad` accumulation (the peer's `loss.backward()` into `.grad`);
@@ -76,9 +76,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peers  # noqa: E402
-import common  # noqa: E402
+from benchmarks import common, peers
 
 BACKEND = "torch"
 MIB = 1024.0 * 1024.0
@@ -141,7 +139,7 @@ def install_tags():
     _wrap(Layer, "__call__", lambda self: f"layer:{type(self).__name__}")
     _wrap(Loss, "__call__", "tag:loss")
     _wrap(BaseOptimizer, "apply", lambda self: f"tag:apply:{type(self).__name__}")
-    for method in ("ascend", "compute_update", "apply_update"):
+    for method in ("ascend", "_compute_update"):
         _wrap(SharpnessAwareOptimizer, method, "tag:sam")
     for method in ("first_step", "second_step"):
         _wrap(pytorch_optimizer.SAM, method, "tag:sam")
@@ -475,7 +473,7 @@ def _memory_scope(tag, backward):
 # ----------------------------------------------------------------------------
 def _child(args, *extra):
     return peers._run(
-        [sys.executable, os.path.abspath(__file__), *extra,
+        [sys.executable, "-m", __spec__.name, *extra,
          f"--steps={args.steps}", f"--rounds={args.rounds}", f"--warmup={args.warmup}",
          f"--batch-size={args.batch_size}", f"--threads={args.threads}",
          f"--memory-steps={args.memory_steps}"],
@@ -630,7 +628,7 @@ def rss_cells(args):
             for repeat in range(args.rss_repeats):
                 for variant in peers.MEMORY_VARIANTS:
                     r = peers._run(
-                        [sys.executable, peers.__file__, "--child=memory",
+                        [sys.executable, "-m", peers.__spec__.name, "--child=memory",
                          f"--variant={variant}", "--jit=0", *peers._common_args(rss_args)],
                         BACKEND, rss_args,
                     )
@@ -659,7 +657,7 @@ def phase_cells(args):
                 if variant == "peer" and peers._peer_missing(backend):
                     continue
                 r = peers._run(
-                    [sys.executable, os.path.abspath(__file__), "--child=phases",
+                    [sys.executable, "-m", __spec__.name, "--child=phases",
                      f"--variant={variant}", f"--jit={int(jit)}",
                      f"--batch-size={args.batch_size}", f"--threads={phase_args.threads}",
                      f"--memory-steps={args.memory_steps}"],
@@ -712,7 +710,7 @@ def parent_main(args):
     print(f"## Profile: keras_sam SAM vs pytorch_optimizer.SAM on torch"
           f"{' (quick)' if args.quick else ''}")
     print()
-    print("- command: `" + " ".join(["python benchmarks/profile_peers.py", *sys.argv[1:]]) + "`")
+    print(f"- command: `{common.command_line()}`")
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- versions: {versions}")
     print(f"- machine: {os.cpu_count()} cores ({common.cpu_model()}), {args.threads} torch "

@@ -1,10 +1,10 @@
 """Sharpness during training: λ_max under SGD, SAM and X-SAM, SAM's gradient–eigenvector
 angle, XSAM's α* (PNG plots and the numbers behind them).
 
-    python benchmarks/sharpness.py > sharpness.md          # full run (~25 min, one thread)
-    python benchmarks/sharpness.py --quick                  # smoke run (< 60 s), PNGs in a temp dir
-    python benchmarks/sharpness.py --out-dir docs/figures --methods sgd,sam --epochs 30
-    python benchmarks/sharpness.py --replot benchmarks/results/sharpness.json   # PNGs only
+    python -m benchmarks.sharpness > sharpness.md          # full run (~25 min, one thread)
+    python -m benchmarks.sharpness --quick                  # smoke run (< 60 s), PNGs in a temp dir
+    python -m benchmarks.sharpness --out-dir docs/figures --methods sgd,sam --epochs 30
+    python -m benchmarks.sharpness --replot benchmarks/results/sharpness.json   # PNGs only
 
 Training: the protocol of `benchmarks/generalization.py` (`common.SUBSET_PROTOCOL`):
 `common.build_vgg_style_cnn` on the fixed class-balanced CIFAR-10 subset of
@@ -65,14 +65,12 @@ import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-import common  # noqa: E402
+from benchmarks import common
 
 RUNS = ("sgd", "sam", "x-sam", "xsam")
 LAMBDA_METHODS = ("sgd", "sam", "x-sam", "xsam")  # XSAM's λ_max is measured too
@@ -479,17 +477,13 @@ def main(argv=None):
     if args.replot:
         return replot(args.replot, args.out_dir or DEFAULT_OUT_DIR)
     common.require_files(args.data_dir, (common.TRAIN_FILES[0], common.TEST_FILE))
-    command = "python " + " ".join(
-        shlex.quote(a) for a in
-        [os.path.relpath(os.path.abspath(sys.argv[0]), common.REPO)] + sys.argv[1:]
-    ) if argv is None else f"main({argv!r})"
+    command = common.command_line(argv)
     out_dir = args.out_dir or (tempfile.mkdtemp(prefix="sharpness_quick_") if args.quick
                                else DEFAULT_OUT_DIR)
     os.environ["KERAS_BACKEND"] = args.backend
     for key, value in common.single_thread_env({}).items():  # one thread unless set otherwise
         os.environ.setdefault(key, value)
     started = time.perf_counter()
-    sys.path.insert(0, common.REPO)
     common.limit_threads(args.backend)
     import keras
     import numpy as np

@@ -1,8 +1,8 @@
 """Sparse embedding gradients on TensorFlow: densified (keras_sam) versus a sparse path.
 
-    python benchmarks/sparse_gradients.py                 # 50k × 128 table, batch 64 × 128 ids
-    python benchmarks/sparse_gradients.py --quick         # smoke run (small table, few steps)
-    python benchmarks/sparse_gradients.py --vocab 200000 --steps 40
+    python -m benchmarks.sparse_gradients                 # 50k × 128 table, batch 64 × 128 ids
+    python -m benchmarks.sparse_gradients --quick         # smoke run (small table, few steps)
+    python -m benchmarks.sparse_gradients --vocab 200000 --steps 40
 
 TensorFlow hands the gradient of an `Embedding` table as `IndexedSlices`: one
 row per looked-up id, repeats included. keras_sam converts it to a dense
@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-import common
+from benchmarks import common
 
 
 def rss_mb():
@@ -194,7 +194,7 @@ def main(argv=None):
     results = {}
     for row in ROWS:
         common.log(f"{row} ...")
-        out = subprocess.run([sys.executable, __file__, *forwarded, "--worker", row],
+        out = subprocess.run([sys.executable, "-m", __spec__.name, *forwarded, "--worker", row],
                              env=env, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{row} failed:\n{out.stderr[-3000:]}")

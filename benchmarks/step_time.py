@@ -1,10 +1,10 @@
 """Training-step time of sharpness-aware optimizers versus their inner optimizer.
 
-    python benchmarks/step_time.py                  # full run, all backends, both suites
-    python benchmarks/step_time.py --quick          # smoke run (< 1.5 min)
-    python benchmarks/step_time.py --suite core --backends jax,torch --steps 40
-    python benchmarks/step_time.py --suite periodic --wait-quiet 180
-    python benchmarks/step_time.py --variants SAM,XSAM --wait-quiet 300
+    python -m benchmarks.step_time                  # full run, all backends, both suites
+    python -m benchmarks.step_time --quick          # smoke run (< 1.5 min)
+    python -m benchmarks.step_time --suite core --backends jax,torch --steps 40
+    python -m benchmarks.step_time --suite periodic --wait-quiet 180
+    python -m benchmarks.step_time --variants SAM,XSAM --wait-quiet 300
 
 For every backend (TensorFlow with XLA and in plain graph mode, JAX with jit,
 PyTorch eager) it times the compiled train function of a small CIFAR-style CNN
@@ -15,7 +15,8 @@ Two suites (`--suite core|periodic|all`, default all), one table each:
 
 - `inner`: the inner optimizer alone (SGD, momentum 0.9), through `SAMModel`
   compiled with the plain optimizer — Keras' own train step;
-- `SAM`, `ASAM`, `SAM k=2` (and, opt-in, `XSAM`, `XSAM α=1`): the
+- `SAM`, `ASAM`, `SAM k=2`, `SAM f=0.25` (the ascent on a quarter of the
+  batch, `ascent_fraction`) (and, opt-in, `XSAM`, `XSAM α=1`): the
   sharpness-aware variants in `VARIANTS`.
 
 Timing: every variant gets a model with identical initial weights, is compiled,
@@ -33,8 +34,9 @@ use `--wait-quiet`.
 cycle length p, the baseline of the ratio and its target): XSAM's α search
 (`search_every=100`, 21 forward passes on one step in 100, standing for an
 epoch of 100 steps), X-SAM's eigenvector refresh (q Hessian-vector products
-every p steps; official p = q = 5, amortized q = 1 with p = 5, 10) and
-`every=k` (the SAM step on one step in k, the inner step otherwise). A median
+every p steps; official p = q = 5, amortized q = 1 with p = 5, 10),
+`every=k` (the SAM step on one step in k, the inner step otherwise) and
+LookSAM (k = 5: one look step of two passes, four reuse steps of one). A median
 would hide the one expensive step of a cycle, so these are timed by the MEAN
 over whole cycles. Each variant's warm-up runs every compiled step variant of
 its cycle at least once (the models' host-side clocks just count up outside
@@ -87,8 +89,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
-from common import (  # noqa: E402
+from benchmarks.common import (
     IMAGE_SHAPE,
     JIT_LABELS,
     JIT_MODES,
@@ -157,6 +158,8 @@ VARIANTS = {
     "SAM": _method("SAM", rho=0.05),
     "ASAM": _method("ASAM", rho=0.5),
     "SAM k=2": _method("SAM", rho=0.05, steps=2),
+    # The ascent on the first quarter of the batch: about 1.25 passes.
+    "SAM f=0.25": _method("SAM", rho=0.05, ascent_fraction=0.25),
     # Opt-in in the core suite (--variants): timed by medians, i.e. XSAM's
     # steady state without its α search (on the first step of an epoch).
     "XSAM": _method("XSAM"),
@@ -173,13 +176,14 @@ VARIANTS = {
     "X-SAM amortized p=10 q=2": _amortized_x_sam(10, iterations=2),
     "SAM every=2": _method("SAM", rho=0.05, every=2),
     "SAM every=5": _method("SAM", rho=0.05, every=5),
+    "LookSAM k=5": _method("LookSAM", rho=0.05, k=5, alpha=0.7),
     # --quick's periodic smoke test: cycles of a few steps.
     "XSAM search/4": _method("XSAM", search_every=4),
     "X-SAM amortized p=2": _amortized_x_sam(2),
 }
 
 # What runs by default (in this order); --variants selects any subset.
-DEFAULT_VARIANTS = (BASELINE, "SAM", "ASAM", "SAM k=2")
+DEFAULT_VARIANTS = (BASELINE, "SAM", "ASAM", "SAM k=2", "SAM f=0.25")
 # --quick: compilation dominates, so only the pair the target is about.
 QUICK_VARIANTS = (BASELINE, "SAM")
 
@@ -205,6 +209,8 @@ class Periodic:
             return variant.phase == "search"
         if self.work == "refresh":
             return variant.refresh_iterations > 0
+        if self.work == "look":
+            return variant.phase == "look"
         return not variant.plain
 
 
@@ -222,6 +228,8 @@ PERIODIC = {
     # One SAM step (2 passes) and k - 1 inner steps: (1 + 1/k) × inner, +5 %.
     "SAM every=2": Periodic(2, "sam", BASELINE, round((1 + 1 / 2) * 1.05, 3)),
     "SAM every=5": Periodic(5, "sam", BASELINE, round((1 + 1 / 5) * 1.05, 3)),
+    # One look step (2 passes) and k - 1 reuse steps (1 pass each): issue's target 1.3.
+    "LookSAM k=5": Periodic(5, "look", BASELINE, 1.3),
     "XSAM search/4": Periodic(4, "search", "SAM"),
     "X-SAM amortized p=2": Periodic(2, "refresh", "SAM"),
 }
@@ -234,6 +242,7 @@ DEFAULT_PERIODIC = (
     "X-SAM amortized p=10",
     "SAM every=2",
     "SAM every=5",
+    "LookSAM k=5",
 )
 QUICK_PERIODIC = ("X-SAM amortized p=2", "SAM every=2")
 # Cycles of at least this many steps are timed `--long-cycles` times.
@@ -286,6 +295,8 @@ def read_counters(runner):
     clock = model.training_clock
     counters["clock_steps"] = clock.step
     counters["sam_steps"] = clock.sam_steps
+    if hasattr(optimizer, "k"):  # LookSAM: the look steps t % k == 0 before this one
+        counters["looks"] = -(-clock.step // optimizer.k)
     return counters
 
 
@@ -295,9 +306,9 @@ def next_variant(runner):
     from keras_sam.optimizers.variants import DEFAULT
 
     optimizer = runner.model.optimizer
-    if not hasattr(optimizer, "select_variant"):
+    if not hasattr(optimizer, "_select_variant"):
         return DEFAULT
-    return optimizer.select_variant(runner.model.training_clock)
+    return optimizer._select_variant(runner.model.training_clock)
 
 
 def cycle_variants(runner, cycle, calls):
@@ -305,18 +316,11 @@ def cycle_variants(runner, cycle, calls):
     first use of each, found on a copy of the model's clock."""
     clock = copy.copy(runner.model.training_clock)
     optimizer = runner.model.optimizer
-    correction = getattr(optimizer, "eigen_correction", None)
-    refreshes = None if correction is None else correction.host_refreshes
     first = {}
-    try:
-        for i in range(calls + 2 * cycle):
-            variant = optimizer.select_variant(clock)
-            first.setdefault(variant, i)
-            clock.tick(variant)
-            optimizer.step_done(variant)
-    finally:
-        if correction is not None:  # the host count the simulation advanced
-            correction.host_refreshes = refreshes
+    for i in range(calls + 2 * cycle):
+        variant = optimizer._select_variant(clock)
+        first.setdefault(variant, i)
+        clock.advance(variant, skipped_steps=clock.skipped_steps)  # a finite step
     return first
 
 
@@ -488,9 +492,8 @@ def time_row(backend, jit, args, keras, batch, init_weights):
                 work_ms = [t for t, w in zip(ms, work) if w]
                 rest_ms = [t for t, w in zip(ms, work) if not w]
                 labels = [str(v) for v in chosen[name]]
-                counter = {"search": "searches", "refresh": "refreshes", "sam": "sam_steps"}[
-                    spec.work
-                ]
+                counter = {"search": "searches", "refresh": "refreshes", "sam": "sam_steps",
+                           "look": "looks"}[spec.work]
                 entry.update(
                     {
                         "work": spec.work,
@@ -562,7 +565,8 @@ def run_child(backend, args, extra_env=(), label=None, suite=None):
     of `--suite`."""
     command = [
         sys.executable,
-        os.path.abspath(__file__),
+        "-m",
+        __spec__.name,
         "--child",
         f"--suite={suite or args.suite}",
         f"--steps={args.steps}",
@@ -680,7 +684,7 @@ def _work_ok(stats):
 
 
 WORK_NAMES = {"search": ("search", "searches"), "refresh": ("refresh", "refreshes"),
-              "sam": ("SAM step", "SAM steps")}
+              "sam": ("SAM step", "SAM steps"), "look": ("look step", "look steps")}
 
 
 def format_periodic_tables(results, periodic):

@@ -4,7 +4,7 @@
 __version__ = "0.1.0"
 
 from keras_sam import callbacks, hessian
-from keras_sam.models import SAMModel, SharpnessAwareMixin
+from keras_sam.training import SAMModel, SharpnessAwareMixin
 from keras_sam.optimizers import (
     ASAM,
     GSAM,
@@ -13,6 +13,7 @@ from keras_sam.optimizers import (
     XSAM,
     EigenCorrectedSAM,
     EigenCorrection,
+    LookSAM,
     SharpnessAwareOptimizer,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "EigenCorrectedSAM",
     "EigenCorrection",
     "GSAM",
+    "LookSAM",
     "SAM",
     "SAMModel",
     "SharpnessAwareMixin",

@@ -17,7 +17,9 @@ TensorFlow, JAX and PyTorch backends:
 
 The Hessian is that of the model's compiled loss (plus `model.losses`:
 regularizers, activity regularizers) with respect to `model.trainable_variables`,
-at their current values.
+at their current values. Vectors are shaped like those variables, less any
+that Keras overwrites with their gradient (float8 training's scales and amax
+histories): those are state, held at their current values.
 
 Data: `x, y` arrays (one batch, or split with `batch_size=`), or `x` alone as
 one `(x, y[, sample_weight])` tuple, a list of such batches, or an iterable of
@@ -57,7 +59,7 @@ from keras import tree
 from keras_sam import backend
 from keras_sam import keras_private
 from keras_sam import vectors as vec
-from keras_sam.stateless import stateless_loss
+from keras_sam.stateless import ModelVariables, parameter_variables, stateless_loss
 
 __all__ = [
     "Curvature",
@@ -69,14 +71,26 @@ __all__ = [
 ]
 
 # -- the loss as a pure function of the trainable values -------------------------
-def _stateless_loss(model, values, non_trainable, metrics_values, x, y, sample_weight,
+def _fixed_values(model):
+    """The values the loss holds fixed: the variables Keras overwrites with
+    their gradient (float8 scales), then the model's state."""
+    variables = ModelVariables.of(model)
+    return _values(variables.overwritten) + _values(variables.state)
+
+
+def _stateless_loss(model, values, fixed, metrics_values, x, y, sample_weight,
                     training, seed=0):
-    """The compiled loss (+ `model.losses`) at `values`; no state is changed."""
+    """The compiled loss (+ `model.losses`) at parameter `values`, the rest
+    at `fixed` (`_fixed_values`); no state is changed."""
+    variables = ModelVariables.of(model)
+    overwritten = fixed[:len(variables.overwritten)]
+    trainable = variables.trainable_values(values, overwritten)
     # torch: the same dropout mask for every evaluation (backend.fixed_randomness).
     context = backend.fixed_randomness(seed) if training else contextlib.nullcontext()
     with context:
         loss, _ = stateless_loss(
-            model, values, non_trainable, metrics_values, x, y, sample_weight, training
+            model, variables, trainable, fixed[len(overwritten):], metrics_values,
+            x, y, sample_weight, training,
         )
     return keras_private.unscale_loss_for_distribution(loss)
 
@@ -153,16 +167,18 @@ def make_loss_fn(model, x, y=None, sample_weight=None, training=False, batch_siz
     """The model's loss on the given data as a pure function of the trainable values.
 
     Returns `loss_fn(values) -> scalar`, where `values` is a list of tensors
-    shaped like `model.trainable_variables`: the compiled loss plus
-    `model.losses` of `model.stateless_call(values, non_trainable, x,
-    training=training)`, with the current non-trainable values (BatchNorm
-    statistics, seed states), which it never changes. Over several batches,
+    shaped like the model's parameters — `model.trainable_variables` less
+    any that Keras overwrites with their gradient (float8 training's scales),
+    which are held at their current values: the compiled loss plus
+    `model.losses` of the model called on `x` with `training=training`, with
+    the current non-trainable values (BatchNorm statistics, seed states),
+    which it never changes. Over several batches,
     their mean weighted by batch size. Use it with `backend.hvp`,
     `backend.value_and_grad` or your own autodiff.
     """
     _check_model(model)
     batches, sizes = _batches(x, y, sample_weight, batch_size)
-    non_trainable = _values(model.non_trainable_variables)
+    non_trainable = _fixed_values(model)
     metrics_values = _values(model.metrics_variables)
     total = float(sum(sizes))
 
@@ -187,7 +203,7 @@ def _compiled(model, kind, training, seed):
     dropped when the model is compiled again (a new loss).
     """
     cache = model.__dict__.get("_keras_sam_curvature_fns")
-    compile_loss = getattr(model, "_compile_loss", None)
+    compile_loss = keras_private.compile_loss(model)
     if cache is None or cache["compile_loss"] is not compile_loss:
         cache = {"compile_loss": compile_loss, "fns": {}}
         model.__dict__["_keras_sam_curvature_fns"] = cache
@@ -250,10 +266,10 @@ class Curvature:
         self.model = model
         self.training = bool(training)
         self.batches, self.sizes = _batches(x, y, sample_weight, batch_size)
-        self.params = _values(model.trainable_variables)
+        self.params = _values(parameter_variables(model.trainable_variables))
         if not self.params:
             raise ValueError("The model has no trainable variables.")
-        self._non_trainable = _values(model.non_trainable_variables)
+        self._non_trainable = _fixed_values(model)
         self._metrics_values = _values(model.metrics_variables)
         self._weights = [s / float(sum(self.sizes)) for s in self.sizes]
         self._hvp = _compiled(model, "hvp", self.training, seed)

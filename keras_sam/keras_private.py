@@ -14,7 +14,7 @@ the current release, and keras-nightly.
 
 import contextlib
 import functools
-import importlib
+import sys
 
 import keras
 
@@ -26,10 +26,15 @@ class KerasInternalsChanged(ImportError):
 def _module_with(module_names, name):
     """The first of the modules `module_names` that has `name`, or None."""
     for module_name in module_names:
+        # The builtin `__import__`, not `importlib.import_module`: these
+        # lookups also run while TensorFlow traces a step, and AutoGraph runs
+        # builtins as they are but tries to convert importlib's Python code
+        # (warning "could not transform <function _gcd_import>").
         try:
-            module = importlib.import_module(module_name)
+            __import__(module_name)
         except ImportError:
             continue
+        module = sys.modules[module_name]
         if hasattr(module, name):
             return module
     return None
@@ -84,11 +89,44 @@ def loss_tracker(model):
     return _attribute(model, "_loss_tracker")
 
 
+def compile_loss(model):
+    """The loss object `model.compile` made (None before `compile`).
+
+    Each `compile` makes a new one, so it tells whether the loss changed since
+    something was built for it. `Trainer._compile_loss`, Keras 3.10+.
+    """
+    return _attribute(model, "_compile_loss")
+
+
 def call_has_training_arg(model):
     """Whether `model.call` takes `training` (as the trainers check before
     passing it to `stateless_call`). `Layer._call_has_training_arg`, Keras 3.10+.
     """
     return _attribute(model, "_call_has_training_arg")
+
+
+def clear_losses(layer):
+    """Forgets the losses `layer` and its sublayers kept from their previous
+    call, and their ids, as `Layer.__call__` does on entry. `stateless_call`
+    runs `call` directly: a new loss tensor that happens to reuse a stale id
+    would be dropped. `Layer._clear_losses`, Keras 3.10+."""
+    _attribute(layer, "_clear_losses")()
+
+
+def stateless_call_function(layer):
+    """The function `Layer.stateless_call` runs inside its scope: the
+    layer's `quantized_call` if it is quantized, its `call` rematerialized if
+    it has a remat mode, else its `call`. `Layer._remat_mode`, Keras 3.10+.
+    """
+    if layer.dtype_policy.quantization_mode is not None:
+        call = layer.quantized_call
+    else:
+        call = layer.call
+    if _attribute(layer, "_remat_mode") is None:
+        return call
+    return lambda *args, **kwargs: layer.rematerialized_call(call, *args, **kwargs)(
+        *args, **kwargs
+    )
 
 
 @contextlib.contextmanager
@@ -115,6 +153,16 @@ def learning_rate_object(optimizer):
     current value only). `BaseOptimizer._learning_rate`, Keras 3.10+.
     """
     return _attribute(optimizer, "_learning_rate")
+
+
+def micro_iterations(optimizer):
+    """The optimizer's step counter, micro-batches included: under
+    `gradient_accumulation_steps=k` the public `iterations` is this count
+    floor-divided by k, and an update is applied when it reaches a multiple
+    of k; without accumulation the two are equal (saved with the optimizer).
+    `BaseOptimizer._iterations`, Keras 3.10+.
+    """
+    return _attribute(optimizer, "_iterations")
 
 
 def no_automatic_dependency_tracking(method):

@@ -7,7 +7,7 @@
 # .ci/run's second pass short).
 ENGINE_AND_METHOD_TESTS=(
     tests/test_keras_private.py
-    tests/test_models.py
+    tests/training/test_models.py
     tests/optimizers
     tests/backend
     tests/test_mixed_precision.py

@@ -190,3 +190,77 @@ def wsam_step(loss_and_grad, params, optimizer, rho, gamma, decouple, clip_norm=
     lr = optimizer.learning_rate
     params = optimizer.step(params, g0)
     return [p - lr * w * s for p, s in zip(params, sharpness)]
+
+
+# -- a small MLP, with or without BatchNorm -----------------------------------------
+BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default
+
+
+def mlp(x, labels, num_classes, batchnorm):
+    """Dense(tanh) → [BatchNormalization, training mode] → Dense(num_classes) +
+    softmax cross-entropy. params [k1, b1, (gamma, beta,) k2, b2]."""
+    y = np.eye(num_classes)[labels]
+    n = len(x)
+
+    def loss_and_grad(params):
+        k1, b1, *middle, k2, b2 = params
+        h = np.tanh(x @ k1 + b1)
+        if batchnorm:
+            gamma, beta = middle
+            mean, var = h.mean(axis=0), h.var(axis=0)  # biased, as Keras'
+            inv_std = 1.0 / np.sqrt(var + BN_EPSILON)
+            h_hat = (h - mean) * inv_std
+            hn = h_hat * gamma + beta
+        else:
+            hn = h
+        z = hn @ k2 + b2
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        loss = -np.mean(np.sum(y * np.log(p), axis=1))
+        dz = (p - y) / n
+        d_hn = dz @ k2.T
+        grads_middle = []
+        if batchnorm:
+            grads_middle = [(d_hn * h_hat).sum(axis=0), d_hn.sum(axis=0)]
+            d_hat = d_hn * gamma
+            d_h = inv_std / n * (n * d_hat - d_hat.sum(axis=0)
+                                 - h_hat * (d_hat * h_hat).sum(axis=0))
+        else:
+            d_h = d_hn
+        d_z1 = d_h * (1.0 - h * h)
+        return loss, [x.T @ d_z1, d_z1.sum(axis=0), *grads_middle, hn.T @ dz, dz.sum(axis=0)]
+
+    return loss_and_grad
+
+
+def mlp_batch_statistics(params, x):
+    """The batch mean and (biased) variance BatchNormalization sees in `mlp`."""
+    h = np.tanh(x @ params[0] + params[1])
+    return h.mean(axis=0), h.var(axis=0)
+
+
+# -- LookSAM (docs/algorithms.md "LookSAM") ----------------------------------------------
+class LookSAM:
+    """Liu et al. 2022, Algorithm 1: on step t with t % k == 0, g_s = ∇L(θ + ρ g/‖g‖),
+    g_v = g_s − ⟨g, g_s⟩/‖g‖² g and d = g_s; otherwise d = g + α ‖g‖/‖g_v‖ g_v.
+    `reuse=False` drops the reuse (d = g between look steps): a wrong reference."""
+
+    def __init__(self, rho, k, alpha, reuse=True):
+        self.rho, self.k, self.alpha, self.reuse = rho, k, alpha, reuse
+        self.t, self.gv = 0, None
+
+    def direction(self, loss_and_grad, params):
+        _, g = loss_and_grad(params)
+        if self.gv is None:
+            self.gv = [np.zeros_like(p) for p in params]
+        if self.t % self.k == 0:
+            d = sam_direction(loss_and_grad, params, self.rho)
+            projection = dot(g, d) / (norm(g) ** 2 + EPS)
+            self.gv = [s - projection * gi for s, gi in zip(d, g)]
+        elif self.reuse:
+            factor = self.alpha * norm(g) / (norm(self.gv) + EPS)
+            d = [gi + factor * v for gi, v in zip(g, self.gv)]
+        else:
+            d = g
+        self.t += 1
+        return d

@@ -15,7 +15,7 @@ import keras_sam
 from tests.conftest import BACKEND
 
 METHODS = (keras_sam.SAM, keras_sam.ASAM, keras_sam.GSAM, keras_sam.WSAM, keras_sam.XSAM,
-           keras_sam.EigenCorrectedSAM)
+           keras_sam.EigenCorrectedSAM, keras_sam.LookSAM)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -29,13 +29,14 @@ pytestmark = [
 ]
 
 
-def run_benchmark(script, *args, timeout=120):
+def run_benchmark(module, *args, timeout=120):
+    """`python -m benchmarks.<module> --quick args`, from the repository root."""
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
+        [sys.executable, "-m", f"benchmarks.{module}", "--quick", *args],
         env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
 
@@ -51,7 +52,7 @@ def table_rows(text, first_cell):
 
 def test_generalization_quick(tmp_path):
     results = tmp_path / "runs.jsonl"
-    out = run_benchmark("generalization.py", "--results", str(results))
+    out = run_benchmark("generalization", "--results", str(results))
     # One row per quick method, with a finite test accuracy in (0, 100] %.
     for label in ("SGD", "SAM"):
         (row,) = table_rows(out, label)
@@ -70,14 +71,14 @@ def test_generalization_quick(tmp_path):
     # The results file: one JSON line per run; --report rebuilds the same table.
     assert len(results.read_text().splitlines()) == 2
     report = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "generalization.py"), "--report", str(results)],
-        capture_output=True, text=True, timeout=60, check=True,
+        [sys.executable, "-m", "benchmarks.generalization", "--report", str(results)],
+        capture_output=True, text=True, timeout=60, check=True, cwd=ROOT,
     ).stdout
     assert table_rows(report, "SAM") == table_rows(out, "SAM")
 
 
 def test_sharpness_quick(tmp_path):
-    out = run_benchmark("sharpness.py", "--out-dir", str(tmp_path))
+    out = run_benchmark("sharpness", "--out-dir", str(tmp_path))
     # (a) Training loss and λ_max before training (epoch 0) and after each of the
     # 2 epochs, for the quick runs SAM and XSAM.
     assert "| epoch | SAM train loss | SAM λ_max | XSAM train loss | XSAM λ_max |" in out
@@ -113,7 +114,7 @@ def test_study_quick(tmp_path):
     results = tmp_path / "runs.jsonl"
     args = ("xsam", "--rhos", "0.1", "--configs", "XSAM ρ=0.1", "--results", str(results),
             "--out-dir", str(tmp_path))
-    out = run_benchmark("study.py", *args, timeout=300)
+    out = run_benchmark("study", *args, timeout=300)
     (row,) = table_rows(out, "0.1")
     assert row[1].startswith("—") and row[2].startswith("—"), row  # SGD+ and SAM not run
     assert 0.0 < float(row[3].split()[0]) <= 100.0, row  # XSAM's test accuracy, %
@@ -123,5 +124,5 @@ def test_study_quick(tmp_path):
     assert match and match.group(1) == match.group(2) == "2", out[-3000:]
     (mechanism,) = [r for r in table_rows(out, "all ρ") if r[1].startswith("α = 1")]
     assert int(mechanism[2]) == 2 * 3  # 2 epochs × 3 probed later batches
-    again = run_benchmark("study.py", *args)
+    again = run_benchmark("study", *args)
     assert len(results.read_text().splitlines()) == 1 and table_rows(again, "0.1") == [row]

@@ -1,4 +1,4 @@
-"""`benchmarks/peers.py --quick` for the current KERAS_BACKEND, end to end.
+"""`python -m benchmarks.peers --quick` for the current KERAS_BACKEND, end to end.
 
 keras_sam's SAM step against the backend's peer on the same model and batch:
 optax's `contrib.sam` on JAX, pytorch-optimizer's `SAM` on torch (benchmark-only
@@ -48,7 +48,7 @@ def test_peers_quick():
     pytest.importorskip(PEER_MODULE)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--quick", f"--backends={BACKEND}"],
+        [sys.executable, "-m", "benchmarks.peers", "--quick", f"--backends={BACKEND}"],
         env=env, capture_output=True, text=True, timeout=480, cwd=ROOT,
     )
     out = proc.stdout
@@ -88,12 +88,12 @@ def test_peers_quick():
 
 
 def test_profile_peers_quick():
-    """`benchmarks/profile_peers.py --quick --skip-memory`: the torch time profile."""
+    """`python -m benchmarks.profile_peers --quick --skip-memory`: the torch time profile."""
     if BACKEND != "torch":
         pytest.skip("profile_peers.py profiles the torch step")
     pytest.importorskip("pytorch_optimizer")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "profile_peers.py"), "--quick",
+        [sys.executable, "-m", "benchmarks.profile_peers", "--quick",
          "--skip-memory"],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
         timeout=180, cwd=ROOT,

@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data"
 
 
-def run(script, *args, timeout=300):
+def run(module, *args, timeout=300):
+    """`python -m benchmarks.<module> args` on JAX, from the repository root."""
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
 
@@ -34,7 +35,7 @@ def numbers(row):
 
 @in_process_host_session("a smoke run on JAX in a process of its own")
 def test_step_time_quick_core_suite_reports_sam_over_inner():
-    out = run("step_time.py", "--quick", "--suite", "core", "--backends", "jax", "--threads", "1")
+    out = run("step_time", "--quick", "--suite", "core", "--backends", "jax", "--threads", "1")
     rows = [line for line in out.splitlines() if line.startswith("| jax")]
     assert rows, out
     values = numbers(rows[0])
@@ -43,7 +44,7 @@ def test_step_time_quick_core_suite_reports_sam_over_inner():
 
 @in_process_host_session("a smoke run on JAX in a process of its own")
 def test_hvp_time_reports_hvp_over_gradient():
-    out = run("hvp_time.py", "--repeats", "2", "--batch-size", "16", "--threads", "1",
+    out = run("hvp_time", "--repeats", "2", "--batch-size", "16", "--threads", "1",
               "--backends", "jax")
     # Lines such as "    hvp             84.5 ms   2.80x grad".
     rows = dict(re.findall(r"^\s+(grad|hvp)\s+([\d.]+) ms", out, flags=re.M))
@@ -55,7 +56,7 @@ def test_hvp_time_reports_hvp_over_gradient():
 @pytest.mark.skipif(not (DATA_DIR / "cifar10_train_part1.npz").is_file(),
                     reason=f"CIFAR-10 not in {DATA_DIR}")
 def test_eigenvector_quality_quick_reports_cosines():
-    out = run("eigenvector_quality.py", "--quick", "--backend", "jax")
+    out = run("eigenvector_quality", "--quick", "--backend", "jax")
     rows = [line for line in out.splitlines() if line.startswith("| amortized p=5")]
     assert rows, out
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
@@ -65,8 +66,7 @@ def test_eigenvector_quality_quick_reports_cosines():
 
 def test_interleaved_harness_rotates_the_order_and_counts_calls():
     """benchmarks/common.py's `time_interleaved`: which calls it makes, in which order."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import common
+    from benchmarks import common
 
     order = []
 

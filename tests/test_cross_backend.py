@@ -21,52 +21,20 @@ backends by itself, so it runs in one session only (conftest.PROCESS_HOST).
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import cross_backend_run as run  # noqa: E402
-from tests.conftest import in_process_host_session  # noqa: E402
+from tests import cross_backend_run as run
+from tests.conftest import in_process_host_session
+from tests.helpers import BACKENDS, TESTS, run_in_subprocess
 
-BACKENDS = ("tensorflow", "jax", "torch")
 TOLERANCE = 1e-5
 pytestmark = in_process_host_session("runs all three backends in subprocesses")
 
 
-def run_in_subprocess(backend, script, out_dir):
-    """Runs `script OUT_DIR` with KERAS_BACKEND=backend: None, or why it failed."""
-    env = dict(os.environ)
-    env["KERAS_BACKEND"] = backend
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p]
-    )
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(script), str(out_dir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    except subprocess.TimeoutExpired as error:
-        return f"timed out after {error.timeout} s; stderr:\n{error.stderr}"
-    if proc.returncode != 0:
-        return (
-            f"exited with code {proc.returncode}; stderr:\n{proc.stderr[-10000:]}"
-            f"\nstdout:\n{proc.stdout[-2000:]}"
-        )
-    return None
-
-
 def _run_backend(backend, out_dir):
-    failure = run_in_subprocess(backend, HERE / "cross_backend_run.py", out_dir)
+    failure = run_in_subprocess(backend, TESTS / "cross_backend_run.py", out_dir)
     if failure is not None:
         return failure
     weights = dict(np.load(out_dir / f"{backend}.npz"))

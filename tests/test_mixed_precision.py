@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_sam
-from tests.test_models import LOSS, classification_data, sequential_mlp
+from tests.helpers import LOSS, classification_data, sequential_mlp
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_sam import LOSS, NUM_CLASSES, fit_dense, sgd, softmax_data
+from tests.helpers import LOSS, NUM_CLASSES, fit_dense, sgd, softmax_data
 
 
 def grouped(direction_fn, groups):

@@ -205,7 +205,9 @@ def collective_fori_loop(lower, upper, body, init):
 
 
 def compile_function(fn):
-    return tf.function(fn)
+    # As Keras' own train step: the model's `call` runs as written, not
+    # converted by AutoGraph.
+    return tf.function(fn, autograph=False)
 
 
 def fixed_randomness(seed):

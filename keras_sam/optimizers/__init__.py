@@ -3,6 +3,7 @@ from keras_sam.optimizers.base import SharpnessAwareOptimizer
 from keras_sam.optimizers.eigen_corrected_sam import EigenCorrectedSAM
 from keras_sam.optimizers.eigen_correction import EigenCorrection
 from keras_sam.optimizers.gsam import GSAM
+from keras_sam.optimizers.looksam import LookSAM
 from keras_sam.optimizers.sam import SAM
 from keras_sam.optimizers.wsam import WSAM
 from keras_sam.optimizers.xsam import XSAM
@@ -12,6 +13,7 @@ __all__ = [
     "EigenCorrectedSAM",
     "EigenCorrection",
     "GSAM",
+    "LookSAM",
     "SAM",
     "SharpnessAwareOptimizer",
     "WSAM",

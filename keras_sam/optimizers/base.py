@@ -2,9 +2,9 @@
 
 Keras 3 hands an optimizer gradients only, so the two (or more) passes of a
 sharpness-aware step are driven by the model's `train_step`
-(`keras_sam.SAMModel`): it gathers the batch's passes (`keras_sam.passes`),
-`compute_update` computes the step from them without touching any variable,
-and `keras_sam.commit` commits it. The wrapper holds the method, its
+(`keras_sam.SAMModel`): it gathers the batch's passes (`keras_sam.training.passes`),
+`_compute_update` computes the step from them without touching any variable,
+and `keras_sam.training.commit` commits it. The wrapper holds the method, its
 hyperparameters and its state; the inner optimizer (SGD, Adam, AdamW, ...)
 receives the final direction `d` at the clean weights, exactly as it would
 receive a gradient — its weight decay, clipping, EMA and learning-rate schedule
@@ -14,11 +14,18 @@ Like `keras.optimizers.LossScaleOptimizer`, the wrapper nests the inner
 optimizer's config, delegates `learning_rate` and `iterations` to it, and keeps
 its own state in Keras variables (so it works inside JAX's stateless step and
 survives `model.save`).
+
+A method author overrides `direction` (and, as needed, `build_state`,
+`method_phases`, `method_phase`, `phase_ascends`, `diagnostic_names`). The
+protocol between the training step and the optimizer is private, and this is
+all of it: the model compiles one step function per `_step_variants()`,
+chooses one before each step with `_select_variant(clock)` (a
+`keras_sam.training.clock.StepClock`), splits the batch into
+`_perturbation_group_count()` groups, and commits what `_compute_update`
+returns (`keras_sam.training.commit`).
 """
 
-import contextlib
 import dataclasses
-import math
 import numbers
 
 import keras
@@ -26,8 +33,11 @@ from keras import ops
 
 from keras_sam import backend
 from keras_sam import keras_private
+from keras_sam import stateless
 from keras_sam import vectors
+from keras_sam.optimizers import ascent as ascents
 from keras_sam.optimizers import checks
+from keras_sam.optimizers.ascent import Ascent  # noqa: F401 (methods' `direction` takes one)
 from keras_sam.optimizers.checks import require
 from keras_sam.optimizers.eigen_correction import EigenCorrection
 from keras_sam.optimizers.variants import DEFAULT, PLAIN, StepVariant
@@ -52,23 +62,6 @@ NEEDS_SAM_MODEL = (
     "`keras_sam.SharpnessAwareMixin` first among the bases of your "
     "`keras.Model` subclass, then compile and fit as usual."
 )
-
-
-@dataclasses.dataclass
-class Ascent:
-    """The result of the ascent phase of one step (docs/algorithms.md, "SAM").
-
-    `clean_*` are at θ, the rest at the last ascent point θ_k = θ + Σ e_i.
-    """
-
-    clean_loss: object
-    clean_aux: object
-    clean_grads: list
-    displacement: list  # θ_k − θ, accumulated from the perturbations.
-    loss: object  # L_B(θ_k)
-    grads: list  # g_k = ∇L_B(θ_k)
-    grads_norm: object  # ‖g_k‖
-    check_scalars: list  # Every loss and norm of the step: all finite or skip.
 
 
 @dataclasses.dataclass
@@ -203,7 +196,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             `eta=0.0` to reproduce them): every variable.
         start: run the sharpness-aware step only from this training step on
             (late-phase SAM): an integer step, or a float in [0, 1) read as a
-            fraction of the steps of `fit` (epochs × steps per epoch).
+            fraction of the steps of `fit` (epochs × steps per epoch). Steps
+            are the inner optimizer's `iterations`: under gradient
+            accumulation, updates (docs/algorithms.md, "Periodic work and
+            schedules").
         every: run the sharpness-aware step on one step in `every` (the
             first, then every `every`-th), and the inner optimizer's plain
             step — one forward–backward — on the others.
@@ -225,6 +221,13 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             batch that G does not divide (the last, partial one) gets groups
             of ⌊B/G⌋ and ⌈B/G⌉ examples, weighted by their share of the
             batch.
+        ascent_fraction: f in (0, 1]: the clean pass and the ascent run on
+            the first ⌈f·B⌉ examples of each batch, the last pass (at θ + e)
+            on the whole batch (Brock et al. 2021; Bahri et al. 2022), for
+            about (1 + f) passes' cost. The clean pass on those examples
+            updates BatchNorm statistics and gives the loss and metrics
+            logged. Steps that do not climb (plain steps of `start` /
+            `every`, LookSAM's reuse steps) run on the whole batch.
         diagnostics: log the cheap per-step diagnostics (sharpness
             `L(θ+e) − L(θ)` and `cos(g_0, g_k)`, plus method-specific ones),
             averaged over the sharpness-aware steps of each epoch.
@@ -235,7 +238,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     step: no recompilation, no passes of the other variant, no conditional.
     """
 
-    #: Names of the per-step diagnostics `compute_update` returns.
+    #: Names of the per-step diagnostics `_compute_update` returns.
     diagnostic_names = ("sharpness", "grad_cosine")
 
     def __init__(
@@ -250,6 +253,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         every=1,
         eigen_correction=None,
         perturbation_groups=1,
+        ascent_fraction=1.0,
         diagnostics=True,
         name=None,
         **kwargs,
@@ -288,10 +292,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.perturbation_groups = (
             perturbation_groups if perturbation_groups == "replica" else int(perturbation_groups)
         )
+        self.ascent_fraction = checks.fraction("ascent_fraction", ascent_fraction)
         self.diagnostics = bool(diagnostics)
-        # True while `keras_sam.commit` drives the LossScaleOptimizer's scale
-        # update through `stateless_apply` (see there).
-        self._passing_through = False
 
     # ------------------------------------------------------------------
     # State
@@ -310,6 +312,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             name="skipped_steps",
         )
         self.inner_optimizer.build(var_list)
+        # The method's vectors span the parameters only: variables Keras
+        # overwrites with their gradient (float8 scales) are state.
+        var_list = stateless.parameter_variables(var_list)
         self._scaled_by_weight = [
             self.adaptive_variables == "all" or not _is_bias(v) for v in var_list
         ]
@@ -345,22 +350,14 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        if not self._passing_through:
+        trainable_variables = list(trainable_variables)
+        if trainable_variables:
             raise ValueError(NEEDS_SAM_MODEL.format(name=type(self).__name__))
-        # The step is committed already: the LossScaleOptimizer around this
-        # one only updates its loss scale (`keras_sam.commit.update_loss_scale`).
+        # A step over no variables changes nothing: what the LossScaleOptimizer
+        # around this one runs when `keras_sam.training.commit` advances its loss scale.
         values = [ops.convert_to_tensor(v.value if hasattr(v, "value") else v)
                   for v in optimizer_variables]
-        return list(trainable_variables), values
-
-    @contextlib.contextmanager
-    def passing_through(self):
-        """Makes `stateless_apply` return its arguments unchanged meanwhile."""
-        self._passing_through = True
-        try:
-            yield
-        finally:
-            self._passing_through = False
+        return trainable_variables, values
 
     # ------------------------------------------------------------------
     # The step
@@ -374,45 +371,22 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
 
     def perturbation(self, point, grads, radius):
         """One ascent step of length `radius` from `point` along `grads`:
-        SAM's or, with `adaptive=True`, ASAM's (keras_sam/optimizers/sam.py).
+        SAM's or, with `adaptive=True`, ASAM's (`keras_sam.optimizers.ascent`).
         Returns `e` and the norm it divided by (checked for finiteness).
         """
-        # sam.py defines SAM, a subclass of this class: imported when used.
-        from keras_sam.optimizers import sam
-
         if self.adaptive:
-            return sam.adaptive_perturbation(
+            return ascents.adaptive_perturbation(
                 point, grads, radius, self.eta, self._scaled_by_weight
             )
-        return sam.perturbation(grads, radius)
+        return ascents.perturbation(grads, radius)
 
-    def ascend(self, grad_fn, params):
-        """Clean pass and k ascent steps of length ρ/k (docs/algorithms.md, "SAM", "ASAM").
-
-        `grad_fn(values) -> ((loss, aux), grads)`.
-        """
-        (clean_loss, clean_aux), clean_grads = grad_fn(params)
-        radius = self.current_rho() / self.steps
-        check_scalars = [clean_loss]
-        grads, displacement = clean_grads, None
-        for _ in range(self.steps):
-            point = params if displacement is None else vectors.add(params, displacement)
-            e, divisor = self.perturbation(point, grads, radius)
-            check_scalars.append(divisor)
-            displacement = e if displacement is None else vectors.add(displacement, e)
-            (loss, _), grads = grad_fn(vectors.add(params, displacement))
-            check_scalars.append(loss)
-        grads_norm = vectors.norm(grads)
-        check_scalars.append(grads_norm)
-        return Ascent(
-            clean_loss=clean_loss,
-            clean_aux=clean_aux,
-            clean_grads=clean_grads,
-            displacement=displacement,
-            loss=loss,
-            grads=grads,
-            grads_norm=grads_norm,
-            check_scalars=check_scalars,
+    def ascend(self, grad_fn, params, final_grad_fn=None):
+        """Clean pass and k ascent steps of length ρ/k: an `Ascent`.
+        `grad_fn(values) -> ((loss, aux), grads)`; the last pass, at θ + e,
+        is `final_grad_fn`'s if given (the whole batch under `ascent_fraction`)."""
+        return ascents.ascend(
+            grad_fn, params, self.current_rho() / self.steps, self.steps, self.perturbation,
+            final_grad_fn,
         )
 
     def direction(self, ascent, params, passes, phase):
@@ -423,6 +397,12 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         one of `method_phases()`.
         """
         raise NotImplementedError
+
+    def phase_ascends(self, phase):
+        """Whether the method's step of `phase` climbs. False: one pass, the
+        clean one — the `Ascent` it gets holds the clean gradient as `grads`
+        and no displacement (e.g. a step that reuses an earlier ascent)."""
+        return True
 
     # -- compiled step variants, chosen from Python between steps -------------
     def method_phases(self):
@@ -438,7 +418,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
 
     def method_phase(self, clock):
         """The method's phase for the next sharpness-aware step; `clock` is a
-        `keras_sam.optimizers.variants.StepClock`."""
+        `keras_sam.training.clock.StepClock`."""
         return "default"
 
     def logged_diagnostics(self):
@@ -451,7 +431,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def _has_plain_steps(self):
         return bool(self.start) or self.every > 1
 
-    def step_variants(self):
+    def _step_variants(self):
         """Every `StepVariant` this optimizer may choose."""
         refreshes = (0,)
         if self.eigen_correction is not None:
@@ -462,46 +442,25 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         )
         return variants + ((PLAIN,) if self._has_plain_steps() else ())
 
-    def start_step(self, total_steps):
-        if isinstance(self.start, numbers.Integral):
-            return self.start
-        if total_steps is None:
-            raise ValueError(
-                f"`start={self.start}` is a fraction of training, but the number "
-                "of training steps is unknown (no `fit`, or data of unknown "
-                "length): give `start` as an integer step."
-            )
-        return int(math.ceil(self.start * total_steps))
-
-    def select_variant(self, clock):
-        """The `StepVariant` to run for the next step: plain where `start` /
-        `every` leave the step out, else the method's phase and the
+    def _select_variant(self, clock):
+        """The `StepVariant` to run for the next step (a micro-batch under
+        gradient accumulation), from `clock`, a `StepClock`: plain where
+        `start` / `every` leave the step out, else the method's phase and the
         correction's refresh, each deciding when it is due."""
-        if self._has_plain_steps():
-            step = clock.step - self.start_step(clock.total_steps)
-            if step < 0 or step % self.every:
-                return PLAIN
+        if not clock.sharpness_aware(clock.step):
+            return PLAIN
+        if clock.micro_step:
+            return DEFAULT  # periodic work runs on a step's first micro-batch
         refresh = 0 if self.eigen_correction is None else self.eigen_correction.refresh_due(clock)
         return StepVariant(phase=self.method_phase(clock), refresh_iterations=refresh)
 
-    def read_host_counters(self):
-        """Host side, when `fit` begins: reads the counters periodic work
-        depends on from the state variables."""
-        if self.eigen_correction is not None:
-            self.eigen_correction.read_refreshes()
-
-    def step_done(self, variant):
-        """Host side, after each step of `fit` or `train_on_batch`."""
-        if self.eigen_correction is not None and variant.refresh_iterations:
-            self.eigen_correction.count_refresh()
-
-    def perturbation_group_count(self):
+    def _perturbation_group_count(self):
         """The number of perturbation groups of the global batch (an int)."""
         if self.perturbation_groups == "replica":
             return backend.data_parallel_size()
         return self.perturbation_groups
 
-    def compute_update(self, passes, params, variant=DEFAULT, groups=None,
+    def _compute_update(self, passes, params, variant=DEFAULT, groups=None,
                        group_count=None):
         """One sharpness-aware step's math, without touching any variable.
 
@@ -509,7 +468,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             passes: a `Passes` on the current mini-batch (the replica's share
                 of it under `tf.distribute`).
             params: the current values of the trainable variables.
-            variant: one of `step_variants()`, fixed when the step is traced.
+            variant: one of `_step_variants()`, fixed when the step is traced.
             groups: None, or one `Passes` per perturbation group of the
                 mini-batch (m-sharpness): each group ascends from its own
                 gradient and gets its own direction; the directions, clean
@@ -558,7 +517,14 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def _ascend_and_direct(self, passes, params, phase, grouped):
         """One perturbation group's ascent and `Direction` (with the cheap
         diagnostics of its ascent)."""
-        ascent = self.ascend(passes.value_and_grad, params)
+        climbs = self.phase_ascends(phase)
+        if climbs:
+            ascent = self.ascend(
+                passes.ascent_value_and_grad or passes.value_and_grad, params,
+                final_grad_fn=passes.value_and_grad,
+            )
+        else:
+            ascent = ascents.clean_pass(passes.value_and_grad, params)
         direction = self.direction(ascent, params, passes, phase)
         if direction.state_updates and grouped:
             raise ValueError(
@@ -569,7 +535,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 "fixed `alpha` works with groups)."
             )
         diagnostics = dict(direction.diagnostics)
-        if self.diagnostics:
+        if self.diagnostics and climbs:
             diagnostics.update(
                 sharpness=ascent.loss - ascent.clean_loss,
                 grad_cosine=vectors.cosine(
@@ -628,41 +594,6 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             extra_step=None if extra_steps[0] is None else mean_vectors(extra_steps),
         )
 
-    def apply_update(self, update, trainable_variables):
-        """The inner optimizer steps with `d` from θ — only if the step is finite.
-
-        A non-finite loss or gradient in any pass leaves the weights and all
-        optimizer state untouched and increments `skipped_steps`, as
-        `LossScaleOptimizer` skips non-finite steps.
-        """
-        trainable_variables = list(trainable_variables)
-
-        state_variables = [variable for variable, _ in update.state_updates]
-
-        # The step's tensors go in as arguments, not through the closure:
-        # under tf.distribute they are per-replica values (see apply_if).
-        def commit(direction, extra_step, state_values):
-            learning_rate = self.inner_optimizer.learning_rate  # before it steps
-            self.inner_optimizer.apply(direction, trainable_variables)
-            for variable, delta in zip(trainable_variables, extra_step):
-                variable.assign_sub(ops.cast(learning_rate, delta.dtype) * delta)
-            for variable, value in zip(state_variables, state_values):
-                variable.assign(value)
-
-        backend.apply_if(
-            update.finite,
-            commit,
-            (
-                list(update.direction),
-                list(update.extra_step or []),
-                [value for _, value in update.state_updates],
-            ),
-            trainable_variables + self.variables,
-        )
-        self.skipped_steps.assign_add(
-            ops.cast(ops.logical_not(update.finite), "int32")
-        )
-
     # ------------------------------------------------------------------
     # Serialization
     # ------------------------------------------------------------------
@@ -683,6 +614,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 None if self.eigen_correction is None else self.eigen_correction.get_config()
             ),
             "perturbation_groups": self.perturbation_groups,
+            "ascent_fraction": self.ascent_fraction,
             "diagnostics": self.diagnostics,
         }
 

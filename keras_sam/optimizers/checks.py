@@ -57,3 +57,9 @@ def positive_number(name, value, allow_zero=False):
     valid = math.isfinite(value) and value >= 0 and (allow_zero or value != 0)
     require(valid, name, f"finite and {bound}", value)
     return float(value)
+
+
+def fraction(name, value):
+    """`value` as a float, checked: a number in (0, 1]."""
+    require(is_number(value) and 0 < value <= 1, name, "a number in (0, 1]", value)
+    return float(value)

@@ -80,8 +80,6 @@ class EigenCorrection:
         require(rule in RULES, "rule", f"one of {RULES}", rule)
         self.rule = rule
         self.seed = checks.integer("seed", seed)
-        # Refreshes done, counted on the host (see `refresh_due`).
-        self.host_refreshes = 0
 
     @classmethod
     def amortized(cls, alpha=0.2, every=5, rule="signed", seed=0, warmup_iterations=10,
@@ -127,21 +125,12 @@ class EigenCorrection:
         """Power iterations of a refresh in the next step (a `StepClock`), or 0.
 
         Due at the j-th sharpness-aware step of an epoch when j % p == 0 and
-        j > 0; the first refresh of training runs `warmup_iterations`.
+        j > 0; the first refresh of training (none done yet, as the
+        `refreshes` variable counts) runs `warmup_iterations`.
         """
         if clock.epoch_sam_steps == 0 or clock.epoch_sam_steps % self.every:
             return 0
-        return self.warmup_iterations if self.host_refreshes == 0 else self.power_iterations
-
-    def read_refreshes(self):
-        """Host side, when `fit` begins: the refreshes done so far, from the
-        state variable (a restored optimizer's too); during `fit` the host
-        counts them itself (`count_refresh`), since the variable may be
-        synchronised only at the end of an epoch (JAX)."""
-        self.host_refreshes = int(ops.convert_to_numpy(self.refreshes))
-
-    def count_refresh(self):
-        self.host_refreshes += 1
+        return self.warmup_iterations if clock.refreshes == 0 else self.power_iterations
 
     # -- math --------------------------------------------------------------------
     def power_iteration(self, hvp, params, iterations=None):

@@ -1,5 +1,5 @@
-"""The kinds of training step an optimizer compiles, and the host-side clock
-that chooses one before each step.
+"""The kinds of training step an optimizer compiles; the training step's
+clock (`keras_sam.training.clock`) chooses one before each step.
 
 Periodic work (XSAM's α search, an eigenvector refresh) and the plain steps of
 `start` / `every` run as their own compiled step functions, chosen from Python
@@ -38,34 +38,3 @@ class StepVariant:
 
 DEFAULT = StepVariant()
 PLAIN = StepVariant(plain=True)
-
-
-class StepClock:
-    """Steps counted on the host, read by whatever decides when periodic work
-    is due (`select_variant` of the optimizer, its method and its correction).
-
-    Attributes:
-        step: the global training step (the optimizer's `iterations`).
-        epoch_step: steps of the current epoch.
-        sam_steps, epoch_sam_steps: sharpness-aware (not plain) steps so far,
-            in all and in the current epoch.
-        total_steps: the steps of the current `fit`, when known, else None.
-    """
-
-    def __init__(self):
-        self.step = 0
-        self.epoch_step = 0
-        self.sam_steps = 0
-        self.epoch_sam_steps = 0
-        self.total_steps = None
-
-    def start_epoch(self):
-        self.epoch_step = self.epoch_sam_steps = 0
-
-    def tick(self, variant):
-        """Counts a step of `variant` (a `StepVariant`) as done."""
-        self.step += 1
-        self.epoch_step += 1
-        if not variant.plain:
-            self.sam_steps += 1
-            self.epoch_sam_steps += 1

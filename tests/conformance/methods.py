@@ -15,6 +15,7 @@ model, and lets a fresh `keras.optimizers.SGD` (momentum) apply the direction.
 """
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
@@ -156,12 +157,49 @@ METHODS = {
 }
 
 
+def _looksam(rho, k, alpha):
+    def direction(p, params, state, step):
+        looksam = state.setdefault("looksam", reference.LookSAM(rho, k, alpha))
+        return looksam.direction(p.loss_and_grad, params), None
+
+    return direction
+
+
+def _sub_batch_sam(rho, fraction):
+    """`ascent_fraction`: g_0 (and the BatchNorm statistics kept) from the
+    first ⌈f·B⌉ examples at θ, the last gradient from the whole batch."""
+
+    def direction(p, params, state, step):
+        count = math.ceil(fraction * zoo.BATCH)
+        first = [keras.tree.map_structure(lambda a: a[:count], d) for d in (p.x, p.y)]
+        _, g0, state["clean_non_trainable"] = p.plain.value_and_grad(params, p.state, *first)
+        scale = rho / (reference.norm(g0) + reference.EPS)
+        return p.loss_and_grad([w + scale * g for w, g in zip(params, g0)])[1], None
+
+    return direction
+
+
+# The methods that trade passes for cost: each runs on every zoo model once
+# (test_methods_on_zoo.py), beside the square of METHODS.
+COST_METHODS = {
+    "looksam": (lambda o: keras_sam.LookSAM(o, rho=0.1, k=2, alpha=0.7), _looksam(0.1, 2, 0.7)),
+    "sam_sub_batch": (
+        lambda o: keras_sam.SAM(o, rho=0.1, ascent_fraction=0.5), _sub_batch_sam(0.1, 0.5)
+    ),
+}
+
+
+def lookup(name):
+    """`(make, direction)` of a method of METHODS or COST_METHODS."""
+    return METHODS[name] if name in METHODS else COST_METHODS[name]
+
+
 def reference_run(case, method):
     """The model's weights (all of `model.weights`) after each of `zoo.STEPS`
     reference steps of `method` (None: the inner optimizer alone)."""
     plain = PlainKeras(case)
     optimizer = inner_optimizer()
-    direction_fn = None if method is None else METHODS[method][1]
+    direction_fn = None if method is None else lookup(method)[1]
     method_state, history = {}, []
     for step in range(zoo.STEPS):
         params, state = plain.current()
@@ -172,7 +210,7 @@ def reference_run(case, method):
             direction, extra = clean_grads, None
         else:
             direction, extra = direction_fn(passes, params, method_state, step)
-        plain.assign(params, new_state)
+        plain.assign(params, method_state.pop("clean_non_trainable", new_state))
         optimizer.apply([keras.ops.convert_to_tensor(np.asarray(d, "float32")) for d in direction],
                         plain.trainable)
         if extra is not None:

@@ -4,8 +4,8 @@ with the backend's autodiff directly — nothing of keras_sam is used.
 TensorFlow and torch: the weights are set by assignment, the model is called
 (`model(x, training=...)`), the loss is the case's loss function plus
 `model.losses`, differentiated with `tf.GradientTape` / `torch.autograd`.
-JAX: the same loss through `model.stateless_call`, differentiated with
-`jax.grad`.
+JAX: the same call and loss inside a `keras.StatelessScope` that maps the
+variables to the given values, differentiated with `jax.grad`.
 
 Every pass of a step starts from the same non-trainable values (the step's
 snapshot), so BatchNorm batch statistics are computed afresh and seeded
@@ -91,10 +91,19 @@ class PlainKeras:
 
         model, loss_fn = self.model, self.loss_fn
 
+        variables = model.trainable_variables + model.non_trainable_variables
+
         def loss(params, state, x, y, training=True):
-            y_pred, new_state, losses = model.stateless_call(
-                params, state, x, training=training, return_losses=True
-            )
+            # `model(...)`, not `model.stateless_call`: that runs `model.call`
+            # without clearing the loss ids the layers kept from the previous
+            # call (Keras 3.15), so a new `add_loss` tensor that reuses a dead
+            # one's `id` is dropped from `model.losses`, now and then (the
+            # reference that once moved). Entering the model clears them.
+            mapping = list(zip(variables, [*params, *state]))
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                y_pred = model(x, training=training)
+                losses = model.losses
+            new_state = [scope.get_current_value(v) for v in model.non_trainable_variables]
             return _total_loss(loss_fn, y, y_pred, losses), new_state
 
         def hvp(params, state, vectors, x, y):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conformance import cross_backend_zoo_run as run
 from tests.conftest import in_process_host_session
-from tests.test_cross_backend import BACKENDS, HERE, run_in_subprocess
+from tests.helpers import BACKENDS, TESTS, run_in_subprocess
 
 TOLERANCE = 1e-5
 
@@ -23,7 +23,7 @@ pytestmark = in_process_host_session("runs all three backends in subprocesses")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("cross_backend_zoo")
-    script = HERE / "conformance" / "cross_backend_zoo_run.py"
+    script = TESTS / "conformance" / "cross_backend_zoo_run.py"
     results = {}
     for backend in BACKENDS:
         failure = run_in_subprocess(backend, script, out_dir)

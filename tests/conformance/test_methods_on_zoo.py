@@ -37,6 +37,10 @@ backend runs every model and every method 3–4 times, and every (model,
 method) pair runs once in all. JAX with `run_eagerly=True` is not run: it is
 slower than jit compilation. test_cross_backend_zoo.py checks that the three
 backends agree on every model.
+
+The methods that pay less than two passes (methods.COST_METHODS: LookSAM,
+sub-batch ascent) run beside the square: each on model k in the mode of
+diagonal k, so on every model and in every mode once.
 """
 
 import warnings
@@ -74,6 +78,12 @@ RUNS = [
     for i, model in enumerate(MODELS)
 ]
 
+# The methods that trade passes for cost: model k in the mode of diagonal k,
+# so every model and every mode runs once per method.
+COST_RUNS = [
+    (mode, MODELS[k], method) for mode, k in DIAGONALS[BACKEND] for method in methods.COST_METHODS
+]
+
 _references = {}
 
 
@@ -81,7 +91,7 @@ def dropout_rate(mode):
     # TF's stateless random ops draw other numbers under XLA than op by op, so
     # an XLA step and the eager reference cannot share a Dropout mask: XLA runs
     # without Dropout (that every pass of a step shares one mask is tested
-    # in tests/test_models.py).
+    # in tests/training/test_models.py).
     return 0.0 if mode == "xla" else 0.2
 
 
@@ -97,7 +107,7 @@ def package_history(model, method, mode):
     case = zoo.ZOO[model](dropout=dropout_rate(mode))
     sam_model = keras_sam.SAMModel(case.model)
     sam_model.compile(
-        optimizer=methods.METHODS[method][0](methods.inner_optimizer()),
+        optimizer=methods.lookup(method)[0](methods.inner_optimizer()),
         loss=case.loss,
         **COMPILE_ARGS[mode],
     )
@@ -115,25 +125,10 @@ def _max_difference(xs, ys):
     return max(float(np.max(np.abs(np.asarray(x, "float64") - y))) for x, y in zip(xs, ys))
 
 
-def _mismatch(got, want):
-    return max(_max_difference(got[step], want[step]) for step in (0, zoo.STEPS - 1))
-
-
 def check(model, method, mode):
-    """Asserts the package's run equals the reference; returns a note when the
-    cached reference had to be recomputed, else None."""
+    """Asserts the package's run equals the reference."""
     got, names = package_history(model, method, mode)
-    want, note = reference_history(model, method, dropout_rate(mode)), None
-    if _mismatch(got, want) > TOLERANCE:
-        # Seen once in CI on JAX (added_losses / WSAM coupled, 1 run in ~15): the
-        # cached reference was 2e-4 off after step 3 while the package's weights
-        # equalled every other reference run. A fresh reference run decides, and
-        # two references that disagree are reported as a warning.
-        fresh = methods.reference_run(zoo.ZOO[model](dropout=dropout_rate(mode)), method)
-        if _mismatch(fresh, want) > TOLERANCE:
-            note = (f"{model} / {method}: two plain-Keras reference runs differ by "
-                    f"{_mismatch(fresh, want):.1e}")
-        want = fresh
+    want = reference_history(model, method, dropout_rate(mode))
     for step in (0, zoo.STEPS - 1):
         for name, a, b in zip(names, got[step], want[step]):
             np.testing.assert_allclose(
@@ -143,16 +138,13 @@ def check(model, method, mode):
     # The method matters at the scale of the tolerance (the check can fail).
     plain = reference_history(model, None, dropout_rate(mode))
     assert _max_difference(want[-1], plain[-1]) > 100 * TOLERANCE
-    return note
 
 
-@pytest.mark.parametrize("mode,model,method", RUNS)
+@pytest.mark.parametrize("mode,model,method", RUNS + COST_RUNS)
 def test_method_equals_plain_keras_reference(mode, model, method):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        note = check(model, method, mode)
-    if note:
-        warnings.warn(note)
+        check(model, method, mode)
     if mode == "torch_compiled":
         # The SAM step runs eagerly under torch.compile, with a warning that
         # says why — once per model.

@@ -7,7 +7,7 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import jit_modes, weights_close
-from tests.optimizers.test_sam import (
+from tests.helpers import (
     NUM_CLASSES,
     fit_dense,
     reference_run,

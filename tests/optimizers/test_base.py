@@ -7,7 +7,7 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_sam import (
+from tests.helpers import (
     fit_dense,
     LOSS,
     NUM_CLASSES,

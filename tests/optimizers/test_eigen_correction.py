@@ -8,7 +8,7 @@ from keras import ops
 import keras_sam
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_sam import fit_dense, regression_data, sgd
+from tests.helpers import fit_dense, regression_data, sgd
 
 
 def to_tensors(arrays):

@@ -10,7 +10,8 @@ from keras_sam.optimizers.base import Ascent
 from keras_sam.optimizers.gsam import learning_rate_bounds
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_sam import (
+from tests.helpers import (
+    assert_raises_naming,
     fit_dense,
     LOSS,
     NUM_CLASSES,
@@ -205,15 +206,6 @@ def test_bad_hyperparameters_raise_naming_the_argument():
     for learning_rate, kwargs, argument in BAD_HYPERPARAMETERS:
         assert_raises_naming(argument, keras_sam.GSAM, keras.optimizers.SGD(learning_rate),
                              **kwargs)
-
-
-def assert_raises_naming(argument, cls, *args, **kwargs):
-    try:
-        cls(*args, **kwargs)
-    except ValueError as error:
-        assert f"`{argument}`" in str(error), (kwargs, str(error))
-    else:
-        pytest.fail(f"no ValueError for {kwargs}")
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -7,54 +7,15 @@ import pytest
 import keras_sam
 from keras_sam.keras_private import learning_rate_object
 from tests import reference
-from tests.conftest import batches, jit_modes, weights_close
-
-NUM_CLASSES = 3
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def softmax_problem(xb, yb):
-    """The NumPy reference problem of `softmax_data`'s batches."""
-    return reference.softmax_regression(xb, yb, NUM_CLASSES)
-
-
-def softmax_data(seed=0, n=48, d=5):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype("float32")
-    labels = rng.integers(0, NUM_CLASSES, size=n).astype("int32")
-    w = (0.5 * rng.normal(size=(d, NUM_CLASSES))).astype("float32")
-    b = (0.1 * rng.normal(size=(NUM_CLASSES,))).astype("float32")
-    return x, labels, [w, b]
-
-
-def regression_data(seed=1, n=40, d=4):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype("float32")
-    targets = (x @ rng.normal(size=(d, 1)) + 0.3).astype("float32")
-    w = (0.2 * rng.normal(size=(d, 1))).astype("float32")
-    b = np.zeros((1,), "float32")
-    return x, targets, [w, b]
-
-
-def fit_dense(optimizer, x, y, weights, loss, units, batch_size, epochs=1, jit_compile="auto"):
-    model = keras_sam.SAMModel(
-        keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(units)])
-    )
-    model.set_weights(weights)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
-    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
-    return model, history
-
-
-def reference_run(problem, x, y, weights, batch_size, epochs, direction_fn, lr=0.1, momentum=0.9):
-    params = [w.astype("float64") for w in weights]
-    optimizer = reference.SGDMomentum(lr, momentum)
-    data = batches(x.astype("float64"), y, batch_size) * epochs
-    return reference.train(problem, params, data, direction_fn, optimizer)
-
-
-def sgd():
-    return keras.optimizers.SGD(0.1, momentum=0.9)
+from tests.conftest import jit_modes, weights_close
+from tests.helpers import (
+    NUM_CLASSES,
+    fit_dense,
+    reference_run,
+    regression_data,
+    sgd,
+    softmax_data,
+)
 
 
 @pytest.mark.parametrize("jit_compile", jit_modes())

@@ -9,8 +9,8 @@ import keras_sam
 from keras_sam.keras_private import learning_rate_object
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_gsam import assert_raises_naming
-from tests.optimizers.test_sam import (
+from tests.helpers import (
+    assert_raises_naming,
     fit_dense,
     LOSS,
     NUM_CLASSES,

@@ -12,7 +12,7 @@ from keras_sam.optimizers.base import Ascent
 from keras_sam.optimizers.xsam import search_alpha
 from tests import reference
 from tests.conftest import batches, jit_modes, weights_close
-from tests.optimizers.test_sam import (
+from tests.helpers import (
     fit_dense,
     LOSS,
     NUM_CLASSES,

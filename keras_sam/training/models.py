@@ -23,17 +23,19 @@ import keras
 from keras import ops
 from keras import tree
 from keras_sam import backend
-from keras_sam import commit
+from keras_sam.training import commit
 from keras_sam import keras_private
-from keras_sam import passes
+from keras_sam.training import passes
+from keras_sam import stateless
 from keras_sam.optimizers.base import SharpnessAwareOptimizer
-from keras_sam.optimizers.variants import DEFAULT, StepClock
+from keras_sam.optimizers.variants import DEFAULT
+from keras_sam.training.clock import StepClock
 
 
 class _TrainingClock(StepClock, keras.callbacks.Callback):
-    """The `StepClock` of a model: `fit` adds it as a callback; in custom
-    loops that call `train_on_batch` it just counts steps (call
-    `on_epoch_begin` to mark epochs).
+    """The `StepClock` of a model. `fit` adds it as a callback: it reads the
+    optimizer's counters when `fit` begins, as `train_on_batch` does before
+    each step; in custom loops call `on_epoch_begin` to mark epochs.
     """
 
     def __init__(self):
@@ -41,16 +43,19 @@ class _TrainingClock(StepClock, keras.callbacks.Callback):
         StepClock.__init__(self)
 
     def on_train_begin(self, logs=None):
-        optimizer = self.model.sharpness_aware_optimizer
-        if optimizer is not None and optimizer.built:
-            self.step = int(ops.convert_to_numpy(optimizer.iterations))
-            optimizer.read_host_counters()
         params = self.params or {}
         epochs, steps = params.get("epochs"), params.get("steps")
-        self.total_steps = epochs * steps if epochs and steps else None
+        self.fit_batches = epochs * steps if epochs and steps else None
+        self.read(self.model.sharpness_aware_optimizer)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start_epoch()
+
+    def after_step(self, variant, result):
+        """Follows the counters through the step; `result` is what the
+        backend's train function returned (JAX: logs and state)."""
+        logs = result[0] if isinstance(result, tuple) else result
+        self.advance(variant, int(ops.convert_to_numpy(logs["skipped_steps"])))
 
 
 class SharpnessAwareMixin:
@@ -95,6 +100,13 @@ class SharpnessAwareMixin:
                 kwargs["callbacks"] = self._with_clock(kwargs.get("callbacks"))
         return super().fit(*args, **kwargs)
 
+    def train_on_batch(self, *args, **kwargs):
+        optimizer = self.sharpness_aware_optimizer
+        if optimizer is not None:
+            # The variables hold the counters between steps outside `fit`.
+            self.training_clock.read(optimizer)
+        return super().train_on_batch(*args, **kwargs)
+
     def _with_clock(self, callbacks):
         clock = self.training_clock
         if callbacks is None:
@@ -107,7 +119,9 @@ class SharpnessAwareMixin:
         return callbacks if clock in callbacks else callbacks + [clock]
 
     def make_train_function(self, force=False):
+        self._make_diagnostic_trackers()
         if self.sharpness_aware_optimizer is not None:
+            stateless.refuse_stateful_modules(self)
             backend.check_train_setup(self)
         reason = backend.COMPILED_STEP_UNSUPPORTED
         if not (reason and self.jit_compile and self.sharpness_aware_optimizer is not None):
@@ -129,8 +143,14 @@ class SharpnessAwareMixin:
             self.jit_compile = True
 
     def _make_sharpness_aware_train_function(self, force):
+        # Keras' trainers build the train function from `self.train_step`,
+        # looked up by attribute when they make it (JAX), trace it (TF) or
+        # call it (torch): the variant reaches the step through the model's
+        # `__dict__` (untracked by Keras), set before each of those moments.
+        # Passing it as an argument would mean building the train function
+        # ourselves, per backend.
         optimizer = self.sharpness_aware_optimizer
-        variants = optimizer.step_variants() if optimizer is not None else (DEFAULT,)
+        variants = optimizer._step_variants() if optimizer is not None else (DEFAULT,)
         if self.train_function is not None and not force:
             return self.train_function
         if len(variants) == 1:
@@ -156,43 +176,47 @@ class SharpnessAwareMixin:
                 del self.__dict__["train_step"]
             functions[variant] = self.train_function
         clock = self.training_clock
+        clock.read(optimizer)
 
         def train_function(*args):
-            variant = optimizer.select_variant(clock)
+            variant = optimizer._select_variant(clock)
             # The torch trainer looks `train_step` up at every call.
             self.__dict__["_sam_variant"] = variant
-            try:
-                return functions[variant](*args)
-            finally:
-                clock.tick(variant)
-                optimizer.step_done(variant)
+            result = functions[variant](*args)
+            clock.after_step(variant, result)
+            return result
 
         self.train_function = train_function
         return train_function
 
     # -- diagnostics as running means over the epoch -----------------------
-    def _diagnostic_trackers(self):
+    def _make_diagnostic_trackers(self):
+        """One running mean per logged diagnostic of the compiled optimizer,
+        made with the train function (`compile` stays Keras' own, so that
+        loading a model compiles it)."""
         optimizer = self.sharpness_aware_optimizer
-        if not self.compiled or optimizer is None or not optimizer.diagnostics:
-            return []
-        trackers = self.__dict__.get("_sam_trackers")
-        names = optimizer.logged_diagnostics()
-        if trackers is None or tuple(trackers) != names:
-            # Not assigned as attributes: Keras would track them as permanent
-            # metrics of the model, also under a plain optimizer.
-            trackers = {name: keras.metrics.Mean(name=name) for name in names}
-            self.__dict__["_sam_trackers"] = trackers
-        return list(trackers.values())
+        names = optimizer.logged_diagnostics() if optimizer is not None else ()
+        if tuple(t.name for t in self._diagnostic_trackers()) == names:
+            return
+        # In `__dict__`, not assigned as an attribute: Keras would track them
+        # as permanent metrics of the model, also after a later `compile`
+        # with a plain optimizer.
+        self.__dict__["_sam_trackers"] = [keras.metrics.Mean(name=name) for name in names]
+
+    def _diagnostic_trackers(self):
+        return self.__dict__.get("_sam_trackers", [])
 
     @property
     def metrics(self):
+        # Listed with the model's metrics: reset every epoch, and carried
+        # through JAX's stateless step as metric variables.
         return super().metrics + self._diagnostic_trackers()
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         logs = super().compute_metrics(x, y, y_pred, sample_weight)
-        if not self.__dict__.get("_sam_in_train_step", False):
-            for tracker in self._diagnostic_trackers():
-                logs.pop(tracker.name, None)
+        # The diagnostics belong to training steps only (`_step_logs`).
+        for tracker in self._diagnostic_trackers():
+            logs.pop(tracker.name, None)
         return logs
 
     # -- the step ------------------------------------------------------------
@@ -206,10 +230,12 @@ class SharpnessAwareMixin:
         batch = passes.gather(
             self, (x, y, sample_weight), optimizer, loss_scaler, grouped=not variant.plain
         )
-        update = optimizer.compute_update(
+        update = optimizer._compute_update(
             batch.passes, batch.params, variant, batch.groups, batch.group_count
         )
         y_pred = commit.commit(self, update, batch, loss_scaler)
+        # The clean pass may have seen the first examples only (`ascent_fraction`).
+        x, y, sample_weight = passes.first_rows((x, y, sample_weight), y_pred)
         return self._step_logs(x, y, y_pred, sample_weight, update)
 
     def _build_for_step(self, x):
@@ -231,11 +257,8 @@ class SharpnessAwareMixin:
                 continue  # a plain step of `start` / `every`
             value = ops.cast(update.diagnostics[tracker.name], "float32")
             tracker.update_state(ops.where(update.finite, value, 0.0), sample_weight=weight)
-        self.__dict__["_sam_in_train_step"] = True
-        try:
-            logs = self.compute_metrics(x, y, y_pred, sample_weight)
-        finally:
-            self.__dict__["_sam_in_train_step"] = False
+        logs = self.compute_metrics(x, y, y_pred, sample_weight)
+        logs.update({tracker.name: tracker.result() for tracker in self._diagnostic_trackers()})
         # A copy: eager TF would hand the variable itself to the trainer,
         # which cannot pass a variable out of the step.
         logs["skipped_steps"] = ops.copy(self.sharpness_aware_optimizer.skipped_steps.value)

@@ -9,26 +9,15 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import weights_close
-from tests.optimizers.test_sam import NUM_CLASSES, reference_run, sgd, softmax_data
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def classification_data(n=64, d=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype("float32")
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32")
-    return x, y
-
-
-def sequential_mlp(d=6, batchnorm=True, dropout=0.0):
-    layers = [keras.Input((d,)), keras.layers.Dense(8, activation="relu")]
-    if batchnorm:
-        layers.append(keras.layers.BatchNormalization())
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(2))
-    return keras.Sequential(layers)
+from tests.helpers import (
+    LOSS,
+    NUM_CLASSES,
+    classification_data,
+    reference_run,
+    sequential_mlp,
+    sgd,
+    softmax_data,
+)
 
 
 def functional_mlp(d=6):

@@ -4,10 +4,12 @@ step's mini-batch, built once per step by `gather`.
 Every pass sees the same mini-batch, in training mode, as a pure function of
 the variable values (`stateless_call`): the model's variables hold the clean
 θ throughout, and no pass changes any of them — non-trainable updates and
-metric states come back in `aux`, for `keras_sam.commit` to commit.
+metric states come back in `aux`, for `keras_sam.training.commit` to commit.
 """
 
 import dataclasses
+import math
+import random
 
 import keras
 from keras import ops
@@ -15,15 +17,18 @@ from keras import tree
 
 from keras_sam import backend
 from keras_sam import keras_private
-from keras_sam.stateless import stateless_loss
+from keras_sam.stateless import ModelVariables, stateless_loss
 
 
 @dataclasses.dataclass
 class Passes:
     """Functions of the trainable values on the current mini-batch.
 
+    `values` are those of the model's parameters (`ModelVariables.parameters`).
     `value_and_grad(values) -> ((loss, aux), grads)`: training mode, with the
-    non-trainable updates returned in `aux` rather than applied.
+    state updates returned in `aux` rather than applied: `aux` is `(y_pred,
+    new state values, new metric states, new values of the overwritten
+    variables)`.
     `loss(values) -> loss`: a forward pass only, training mode, statistics
     discarded (XSAM's probes).
     `hvp(values, vectors, examples=None) -> (grads, Hv)`: Hessian-vector
@@ -36,6 +41,31 @@ class Passes:
     hvp: object = None
     # A perturbation group's share of the mini-batch (its weight in the mean).
     share: object = None
+    # With `ascent_fraction` < 1: `value_and_grad` on the first examples of
+    # the batch, for the clean pass and the ascent; the last pass of the
+    # ascent (at θ + e) stays on the whole batch. None: `value_and_grad`.
+    ascent_value_and_grad: object = None
+
+
+class HostRandomness:
+    """Replays Python's global `random` so that every pass of a step draws the
+    same numbers (AugMix picks its chain of operations with `random.choice`):
+    each pass starts from the state the step began with; the state after the
+    first pass — the clean one — is where the step leaves it (`end`)."""
+
+    def __init__(self):
+        self.start, self.after_first_pass = random.getstate(), None
+
+    def before_pass(self):
+        random.setstate(self.start)
+
+    def after_pass(self):
+        if self.after_first_pass is None:
+            self.after_first_pass = random.getstate()
+
+    def end(self):
+        if self.after_first_pass is not None:
+            random.setstate(self.after_first_pass)
 
 
 @dataclasses.dataclass
@@ -44,10 +74,12 @@ class BatchPasses:
 
     passes: Passes  # on the whole mini-batch (this replica's share of it)
     groups: list  # one `Passes` per perturbation group, or None
-    params: list  # trainable values θ
-    non_trainable: list  # non-trainable values before the step
+    variables: ModelVariables  # the model's variables, sorted by kind
+    params: list  # the parameters' values θ
+    state: list  # values of `variables.state` before the step
     metrics_values: list  # metric states before the step
     replicas: int  # replicas running the step side by side (tf.distribute, torch.distributed)
+    randomness: HostRandomness  # Python's `random`, replayed for every pass
     group_count: int  # perturbation groups of the global batch, all replicas together
 
     def clean_aux(self, aux):
@@ -68,24 +100,34 @@ def gather(model, data, optimizer, loss_scaler=None, grouped=True):
 
     `optimizer` (a `SharpnessAwareOptimizer`) gives the perturbation groups;
     `loss_scaler` is the `LossScaleOptimizer` around it, if any. Without
-    `grouped` (a plain step of `every` / `start`), the batch is not split.
+    `grouped` (a plain step of `every` / `start`), the batch is not split,
+    and the whole batch climbs whatever the optimizer's `ascent_fraction`.
     """
-    non_trainable = _values(model.non_trainable_variables)
-    metrics_values = _values(model.metrics_variables)
+    variables = ModelVariables.of(model)
+    start = StartValues(
+        trainable=_values(variables.trainable),
+        state=_values(variables.state),
+        metrics=_values(model.metrics_variables),
+    )
     replicas = backend.replicas_in_sync()
-    group_count = optimizer.perturbation_group_count()
-    if group_count > 1 and group_count % replicas:
-        raise ValueError(
-            f"perturbation_groups={optimizer.perturbation_groups} ({group_count} "
-            f"groups) does not divide among the {replicas} replicas."
-        )
+    group_count = optimizer._perturbation_group_count()
+    _check_setup(optimizer, variables, group_count, replicas, grouped)
+
+    randomness = HostRandomness()
 
     def passes_on(data, all_reduce):
-        return make_passes(model, data, non_trainable, metrics_values, loss_scaler, all_reduce)
+        return make_passes(model, data, variables, start, loss_scaler, all_reduce, randomness)
 
     # One perturbation for the global batch: the replicas' ascent gradients
     # are averaged before they are used.
     passes = passes_on(data, all_reduce=group_count == 1 and replicas > 1)
+    fraction = optimizer.ascent_fraction
+    if grouped and fraction < 1:
+        part = first_examples(data, fraction)
+        passes = dataclasses.replace(
+            passes,
+            ascent_value_and_grad=passes_on(part, all_reduce=replicas > 1).value_and_grad,
+        )
     groups = None
     local_groups = max(1, group_count // replicas)  # one group: the global batch's
     if grouped and local_groups > 1:
@@ -97,27 +139,74 @@ def gather(model, data, optimizer, loss_scaler=None, grouped=True):
     return BatchPasses(
         passes=passes,
         groups=groups,
-        params=_values(model.trainable_variables),
-        non_trainable=non_trainable,
-        metrics_values=metrics_values,
+        variables=variables,
+        params=variables.split_trainable(start.trainable)[0],
+        state=start.state,
+        metrics_values=start.metrics,
         replicas=replicas,
+        randomness=randomness,
         group_count=group_count,
     )
 
 
-def make_passes(model, data, non_trainable, metrics_values, loss_scaler, all_reduce):
-    """The `Passes` of `model` on `data`; with `all_reduce`, their losses and
-    gradients are the mean over the replicas."""
-
-    def loss_fn(values, training=True, data=data):
-        loss, aux = stateless_loss(
-            model, values, non_trainable, metrics_values, *data, training
+def _check_setup(optimizer, variables, group_count, replicas, grouped):
+    """Refuses perturbation groups the step cannot form or combine."""
+    groups = optimizer.perturbation_groups
+    if group_count > 1 and group_count % replicas:
+        raise ValueError(
+            f"perturbation_groups={groups} ({group_count} groups) does not divide "
+            f"among the {replicas} replicas."
         )
+    if not grouped or group_count == 1:
+        return
+    if variables.overwritten:
+        raise ValueError(
+            f"perturbation_groups={groups} cannot run with variables that Keras "
+            "overwrites with their gradient (float8 training: "
+            f"{variables.overwritten[0].path}, ...): their next value is the whole "
+            "batch's, which no group computes. Use `perturbation_groups=1`."
+        )
+    if optimizer.ascent_fraction < 1:
+        raise ValueError(
+            f"ascent_fraction={optimizer.ascent_fraction} and perturbation_groups="
+            f"{groups} cannot be combined: choose one."
+        )
+
+
+@dataclasses.dataclass
+class StartValues:
+    """The values a step's passes start from."""
+
+    trainable: list  # of `ModelVariables.trainable`
+    state: list  # of `ModelVariables.state`
+    metrics: list  # of `model.metrics_variables`
+
+
+def make_passes(model, data, variables, start, loss_scaler, all_reduce, randomness):
+    """The `Passes` of `model` (its `ModelVariables`) on `data`, every pass
+    starting from the `StartValues` and the `HostRandomness`; with
+    `all_reduce`, their losses and gradients are the mean over the replicas."""
+    overwritten = variables.split_trainable(start.trainable)[1]
+
+    def trainable_loss_fn(trainable_values, training=True, data=data):
+        randomness.before_pass()
+        loss, aux = stateless_loss(
+            model, variables, trainable_values, start.state, start.metrics, *data, training
+        )
+        randomness.after_pass()
         # tf.distribute scales each replica's loss by 1/replicas: the method
         # works with this share's own mean loss.
         return keras_private.unscale_loss_for_distribution(loss), aux
 
-    value_and_grad = unscaled_value_and_grad(loss_fn, loss_scaler)
+    def loss_fn(values, training=True, data=data):
+        return trainable_loss_fn(
+            variables.trainable_values(values, overwritten), training, data
+        )
+
+    value_and_grad = _parameters_value_and_grad(
+        unscaled_value_and_grad(trainable_loss_fn, loss_scaler, variables.trainable),
+        variables, overwritten,
+    )
     forward = backend.forward(lambda values: loss_fn(values)[0])
 
     def hvp(values, vectors, examples=None):
@@ -145,14 +234,30 @@ def make_passes(model, data, non_trainable, metrics_values, loss_scaler, all_red
     )
 
 
-def unscaled_value_and_grad(loss_fn, loss_scaler):
+def _parameters_value_and_grad(trainable_value_and_grad, variables, overwritten):
+    """Value and gradient with respect to the parameters; the overwritten
+    variables keep their start values, and the "gradients" Keras computes for
+    them — their next values — join the pass' aux."""
+
+    def value_and_grad(values):
+        (loss, aux), grads = trainable_value_and_grad(
+            variables.trainable_values(values, overwritten)
+        )
+        parameter_grads, next_overwritten = variables.split_trainable(grads)
+        return (loss, (*aux, next_overwritten)), parameter_grads
+
+    return value_and_grad
+
+
+def unscaled_value_and_grad(loss_fn, loss_scaler, trainable_variables):
     """Value and gradient of `loss_fn`, through dynamic loss scaling if any.
 
     Under `mixed_float16` every pass differentiates the scaled loss (so that
     float16 gradients do not underflow) and unscales the gradient at once:
     the method normalises, compares and combines unscaled gradients, and the
     final direction is never unscaled twice. An overflow shows as a
-    non-finite norm and skips the step.
+    non-finite norm and skips the step. The "gradients" of variables
+    overwritten with them are values, not unscaled (as `LossScaleOptimizer`).
     """
     if loss_scaler is None:
         return backend.value_and_grad(loss_fn)
@@ -166,9 +271,34 @@ def unscaled_value_and_grad(loss_fn, loss_scaler):
 
     def value_and_grad(values):
         (_, (loss, aux)), grads = scaled_value_and_grad(values)
-        return (loss, aux), [g / ops.cast(scale, g.dtype) for g in grads]
+        return (loss, aux), [
+            g if getattr(v, "overwrite_with_gradient", False) else g / ops.cast(scale, g.dtype)
+            for g, v in zip(grads, trainable_variables)
+        ]
 
     return value_and_grad
+
+
+def _batch_size(data):
+    return ops.shape(next(i for i in tree.flatten(data) if i is not None))[0]
+
+
+def first_examples(data, fraction):
+    """The first ⌈fraction · B⌉ examples of every array in `data`."""
+    size = _batch_size(data)
+    if isinstance(size, int):
+        count = max(1, math.ceil(fraction * size))
+    else:  # a batch size known only when the step runs (TF graphs)
+        count = ops.maximum(ops.cast(ops.ceil(fraction * ops.cast(size, "float32")), "int32"), 1)
+    return tree.map_structure(lambda t: None if t is None else t[:count], data)
+
+
+def first_rows(data, like):
+    """`data` cut to as many examples as `like` (a structure of tensors) has."""
+    rows = _batch_size(like)
+    if isinstance(rows, int) and isinstance(_batch_size(data), int) and rows == _batch_size(data):
+        return data
+    return tree.map_structure(lambda t: None if t is None else t[:rows], data)
 
 
 def split_batch(data, groups):
@@ -205,7 +335,7 @@ def merge_group_aux(auxes, shares, metrics_values):
     replicas' are averaged under data parallelism); metric states (the
     compiled loss' trackers) are sums of per-batch increments.
     """
-    y_preds, non_trainables, metrics = zip(*auxes)
+    y_preds, non_trainables, metrics, overwritten = zip(*auxes)
     y_pred = tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *y_preds)
     non_trainable = [
         sum(v * ops.cast(w, v.dtype) for v, w in zip(values, shares))
@@ -216,4 +346,5 @@ def merge_group_aux(auxes, shares, metrics_values):
         old + sum(new - old for new in values)
         for old, values in zip(metrics_values, zip(*metrics))
     ]
-    return y_pred, non_trainable, metrics_values
+    # Groups are refused with overwritten variables (`gather`): none here.
+    return y_pred, non_trainable, metrics_values, overwritten[0]
