@@ -1,14 +1,16 @@
 # Shared by the check scripts in this folder (sourced, not run).
 
-# The engine and method tests: the private Keras members, the training step,
-# every method, the backends' gradients and HVPs, mixed precision (Keras'
-# LossScaleOptimizer). No diagnostics, examples, benchmarks, conformance zoo,
-# multi-device runs, perturbation groups or inner optimizer options (to keep
-# .ci/run's second pass short).
+# The engine tests: the private Keras members, the training step and the
+# state it carries, SAM's math through it, the backends' gradients and HVPs,
+# mixed precision (Keras' LossScaleOptimizer). The other methods' math does
+# not touch Keras beyond the step (it runs in the main pass); neither do the
+# diagnostics, examples, benchmarks, conformance zoo or multi-device runs
+# (to keep .ci/run's second pass short).
 ENGINE_AND_METHOD_TESTS=(
     tests/test_keras_private.py
     tests/training/test_models.py
-    tests/optimizers
+    tests/test_stateless.py
+    tests/optimizers/test_sam.py
     tests/backend
     tests/test_mixed_precision.py
 )
