@@ -86,6 +86,8 @@ class SharpnessAwareMixin:
     # -- host-side choice between compiled step variants -----------------------
     @property
     def training_clock(self):
+        # In `__dict__`: created on first use, also for a model loaded from a
+        # file or built by Keras' `from_config`, without a constructor of ours.
         clock = self.__dict__.get("_sam_clock")
         if clock is None:
             clock = self.__dict__["_sam_clock"] = _TrainingClock()
@@ -128,6 +130,7 @@ class SharpnessAwareMixin:
             return self._make_sharpness_aware_train_function(force)
         # The step runs eagerly; `jit_compile` is kept for evaluate/predict
         # (Keras' own steps) and for `get_compile_config`.
+        # (`__dict__`: once per model, whatever built it, see `training_clock`.)
         if not self.__dict__.get("_sam_warned_eager"):
             self.__dict__["_sam_warned_eager"] = True
             warnings.warn(
