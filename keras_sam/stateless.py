@@ -17,7 +17,8 @@ import keras
 from keras_sam import keras_private
 
 
-def _is_overwritten(variable):
+def is_overwritten(variable):
+    """Whether Keras overwrites `variable` with its gradient (float8 scales)."""
     return bool(getattr(variable, "overwrite_with_gradient", False))
 
 
@@ -117,8 +118,8 @@ class ModelVariables:
         tracked = list(model.non_trainable_variables)
         return cls(
             trainable=trainable,
-            parameters=[v for v in trainable if not _is_overwritten(v)],
-            overwritten=[v for v in trainable if _is_overwritten(v)],
+            parameters=[v for v in trainable if not is_overwritten(v)],
+            overwritten=[v for v in trainable if is_overwritten(v)],
             state=tracked + _untracked_state(model),
             tracked_state_count=len(tracked),
         )
@@ -129,7 +130,7 @@ class ModelVariables:
             return list(parameter_values)
         parameters, overwritten = iter(parameter_values), iter(overwritten_values)
         return [
-            next(overwritten) if _is_overwritten(v) else next(parameters)
+            next(overwritten) if is_overwritten(v) else next(parameters)
             for v in self.trainable
         ]
 
@@ -137,15 +138,15 @@ class ModelVariables:
         """`(parameter part, overwritten part)` of values ordered as `trainable`."""
         if not self.overwritten:
             return list(values), []
-        parameters = [x for v, x in zip(self.trainable, values) if not _is_overwritten(v)]
-        overwritten = [x for v, x in zip(self.trainable, values) if _is_overwritten(v)]
+        parameters = [x for v, x in zip(self.trainable, values) if not is_overwritten(v)]
+        overwritten = [x for v, x in zip(self.trainable, values) if is_overwritten(v)]
         return parameters, overwritten
 
 
 def parameter_variables(variables):
     """The variables of `variables` a method perturbs and steps: those not
     marked `overwrite_with_gradient`."""
-    return [v for v in variables if not _is_overwritten(v)]
+    return [v for v in variables if not is_overwritten(v)]
 
 
 def stateless_loss(model, variables, trainable_values, state_values, metrics_values,

@@ -17,7 +17,7 @@ from keras import tree
 
 from keras_sam import backend
 from keras_sam import keras_private
-from keras_sam.stateless import ModelVariables, stateless_loss
+from keras_sam.stateless import ModelVariables, is_overwritten, stateless_loss
 
 
 @dataclasses.dataclass
@@ -272,7 +272,7 @@ def unscaled_value_and_grad(loss_fn, loss_scaler, trainable_variables):
     def value_and_grad(values):
         (_, (loss, aux)), grads = scaled_value_and_grad(values)
         return (loss, aux), [
-            g if getattr(v, "overwrite_with_gradient", False) else g / ops.cast(scale, g.dtype)
+            g if is_overwritten(v) else g / ops.cast(scale, g.dtype)
             for g, v in zip(grads, trainable_variables)
         ]
 
@@ -283,6 +283,10 @@ def _batch_size(data):
     return ops.shape(next(i for i in tree.flatten(data) if i is not None))[0]
 
 
+def _first(data, count):
+    return tree.map_structure(lambda t: None if t is None else t[:count], data)
+
+
 def first_examples(data, fraction):
     """The first ⌈fraction · B⌉ examples of every array in `data`."""
     size = _batch_size(data)
@@ -290,7 +294,7 @@ def first_examples(data, fraction):
         count = max(1, math.ceil(fraction * size))
     else:  # a batch size known only when the step runs (TF graphs)
         count = ops.maximum(ops.cast(ops.ceil(fraction * ops.cast(size, "float32")), "int32"), 1)
-    return tree.map_structure(lambda t: None if t is None else t[:count], data)
+    return _first(data, count)
 
 
 def first_rows(data, like):
@@ -298,7 +302,7 @@ def first_rows(data, like):
     rows = _batch_size(like)
     if isinstance(rows, int) and isinstance(_batch_size(data), int) and rows == _batch_size(data):
         return data
-    return tree.map_structure(lambda t: None if t is None else t[:rows], data)
+    return _first(data, rows)
 
 
 def split_batch(data, groups):
@@ -309,8 +313,7 @@ def split_batch(data, groups):
     the batch size B, else sizes differing by one (a last, partial batch —
     whose size a compiled step may not know while tracing).
     """
-    first = next(i for i in tree.flatten(data) if i is not None)
-    size = ops.shape(first)[0]
+    size = _batch_size(data)
     if isinstance(size, int) and size < groups:
         raise ValueError(
             f"A batch of {size} examples cannot make {groups} perturbation groups."
