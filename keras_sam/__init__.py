@@ -4,6 +4,7 @@
 __version__ = "0.1.0"
 
 from keras_sam import callbacks, hessian
+from keras_sam.optimizers import when
 from keras_sam.training import SAMModel, SharpnessAwareMixin
 from keras_sam.optimizers import (
     ASAM,
@@ -30,4 +31,5 @@ __all__ = [
     "SharpnessAwareOptimizer",
     "WSAM",
     "XSAM",
+    "when",
 ]

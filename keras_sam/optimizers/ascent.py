@@ -29,6 +29,10 @@ class Ascent:
     grads: list  # g_k = ∇L_B(θ_k)
     grads_norm: object  # ‖g_k‖
     check_scalars: list  # Every loss and norm of the step: all finite or skip.
+    # Where a gate decided (a boolean tensor): whether the step climbed; if
+    # not, the rest is the clean pass' (g_k = g_0, θ_k − θ = ρ g_0/‖g_0‖).
+    climbed: object = None
+    state_updates: list = dataclasses.field(default_factory=list)  # the gate's
 
 
 def perturbation(grads, radius):
@@ -55,26 +59,35 @@ def adaptive_perturbation(point, grads, radius, eta, scaled_by_weight):
     return e, tg_norm
 
 
-def ascend(grad_fn, params, radius, steps, perturb, final_grad_fn=None):
+def ascend(grad_fn, params, radius, steps, perturb, final_grad_fn=None, gate=None):
     """The clean pass at `params`, then `steps` ascent steps of length
     `radius` each, `perturb(point, grads, radius) -> (e, divisor)`, and the
     pass at the last point. `grad_fn(values) -> ((loss, aux), grads)`; the
     last pass is `final_grad_fn`'s if given (sub-batch ascent: Brock et al.
-    2021, Bahri et al. 2022). Returns an `Ascent`."""
+    2021, Bahri et al. 2022). `gate(‖g_0‖)` (optional) returns None or
+    (climbs, state updates): the climb's passes then run in a conditional,
+    and where `climbs` is false the step stays with the clean pass (AE-SAM).
+    Returns an `Ascent`."""
     final_grad_fn = final_grad_fn or grad_fn
     (clean_loss, clean_aux), clean_grads = grad_fn(params)
-    check_scalars = [clean_loss]
-    loss, grads, displacement = clean_loss, clean_grads, None
-    for i in range(steps):
-        point = params if displacement is None else vectors.add(params, displacement)
-        e, divisor = perturb(point, grads, radius)
-        check_scalars.append(divisor)
-        displacement = e if displacement is None else vectors.add(displacement, e)
-        pass_fn = final_grad_fn if i == steps - 1 else grad_fn
-        (loss, _), grads = pass_fn(vectors.add(params, displacement))
-        check_scalars.append(loss)
+
+    def climb():
+        return _climb(grad_fn, final_grad_fn, params, clean_loss, clean_grads, radius, steps,
+                      perturb)
+
+    gated = gate(vectors.norm(clean_grads)) if gate is not None and steps else None
+    if gated is None:
+        climbed, state_updates = None, []
+        loss, grads, displacement, scalars = climb()
+    else:
+        climbed, state_updates = gated
+
+        def stay():
+            e, _ = perturb(params, clean_grads, radius)
+            return clean_loss, clean_grads, e, [_float32(clean_loss)] * (2 * steps)
+
+        loss, grads, displacement, scalars = ops.cond(climbed, climb, stay)
     grads_norm = vectors.norm(grads)
-    check_scalars.append(grads_norm)
     return Ascent(
         clean_loss=clean_loss,
         clean_aux=clean_aux,
@@ -83,8 +96,29 @@ def ascend(grad_fn, params, radius, steps, perturb, final_grad_fn=None):
         loss=loss,
         grads=grads,
         grads_norm=grads_norm,
-        check_scalars=check_scalars,
+        check_scalars=[clean_loss, *scalars, grads_norm],
+        climbed=climbed,
+        state_updates=state_updates,
     )
+
+
+def _float32(x):
+    return ops.cast(x, "float32")
+
+
+def _climb(grad_fn, final_grad_fn, params, clean_loss, clean_grads, radius, steps, perturb):
+    """The ascent from the clean pass: (loss, grads, displacement, the
+    divisors and losses to check)."""
+    scalars = []
+    loss, grads, displacement = clean_loss, clean_grads, None
+    for i in range(steps):
+        point = params if displacement is None else vectors.add(params, displacement)
+        e, divisor = perturb(point, grads, radius)
+        displacement = e if displacement is None else vectors.add(displacement, e)
+        pass_fn = final_grad_fn if i == steps - 1 else grad_fn
+        (loss, _), grads = pass_fn(vectors.add(params, displacement))
+        scalars += [_float32(divisor), _float32(loss)]
+    return loss, grads, displacement, scalars
 
 
 def clean_pass(grad_fn, params):

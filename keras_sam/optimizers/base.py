@@ -37,6 +37,7 @@ from keras_sam import stateless
 from keras_sam import vectors
 from keras_sam.optimizers import ascent as ascents
 from keras_sam.optimizers import checks
+from keras_sam.optimizers import when as policies
 from keras_sam.optimizers.ascent import Ascent  # noqa: F401 (methods' `direction` takes one)
 from keras_sam.optimizers.checks import require
 from keras_sam.optimizers.eigen_correction import EigenCorrection
@@ -92,6 +93,9 @@ class Update:
     # A correction applied after the inner step, θ ← θ − lr_t · extra_step
     # (WSAM's decoupled mode); None for none.
     extra_step: object = None
+    # Whether the step climbed (a boolean tensor) where an in-step gate
+    # decided; None: it did. The diagnostics count climbed steps only.
+    climbed: object = None
 
 
 def _sum_vectors(lists):
@@ -198,11 +202,16 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             (late-phase SAM): an integer step, or a float in [0, 1) read as a
             fraction of the steps of `fit` (epochs × steps per epoch). Steps
             are the inner optimizer's `iterations`: under gradient
-            accumulation, updates (docs/algorithms.md, "Periodic work and
-            schedules").
+            accumulation, updates (docs/algorithms.md, "When to be
+            sharpness-aware"). Shorthand for `when=keras_sam.when.Periodic(start=...)`.
         every: run the sharpness-aware step on one step in `every` (the
             first, then every `every`-th), and the inner optimizer's plain
-            step — one forward–backward — on the others.
+            step — one forward–backward — on the others. Shorthand for
+            `when=keras_sam.when.Periodic(every=...)`.
+        when: a `keras_sam.when` policy choosing the sharpness-aware steps
+            (random switching, late phase by learning rate, AE-SAM's gradient
+            gate, ...); combined with `start` / `every` when both are given.
+            None: every step.
         eigen_correction: a `keras_sam.EigenCorrection` (X-SAM, Duan et al.
             2026): damps the final direction's component along the Hessian's
             dominant eigenvector, refreshed every p steps. None for none.
@@ -255,17 +264,14 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         perturbation_groups=1,
         ascent_fraction=1.0,
         diagnostics=True,
+        when=None,
         name=None,
         **kwargs,
     ):
         _check_inner_optimizer(optimizer, type(self).__name__)
         _check_no_extra_arguments(type(self).__name__, kwargs)
         rho = _checked_rho(rho)
-        require(
-            checks.is_number(start) and start >= 0 and (checks.is_integer(start) or start < 1),
-            "start", "an integer step >= 0 or a fraction in [0, 1)", start,
-        )
-        every = checks.integer("every", every, minimum=1)
+        step_policy = policies.resolve(when, start, every)
         eigen_correction = _checked_eigen_correction(eigen_correction)
         steps = checks.integer("steps", steps)
         require(steps >= 1, "steps", ">= 1", steps)
@@ -283,7 +289,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer = optimizer
         self.rho = rho
         self.start = start if isinstance(start, numbers.Integral) else float(start)
-        self.every = every
+        self.every = int(every)
+        # The user's policy (serialized as given) and the one the steps follow.
+        self.when = None if when is None else policies.resolve(when, 0, 1)
+        self.step_policy = step_policy
         self.eigen_correction = eigen_correction
         self.steps = steps
         self.adaptive = bool(adaptive)
@@ -294,6 +303,12 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         )
         self.ascent_fraction = checks.fraction("ascent_fraction", ascent_fraction)
         self.diagnostics = bool(diagnostics)
+        step_policy.check(self)
+
+    #: Whether an in-step gate (`keras_sam.when.GradientNormGate`) may turn
+    #: the default phase's ascent off (False where a plain step would not be
+    #: the inner optimizer's own, as LookSAM's reuse).
+    _gated_ascent_supported = True
 
     # ------------------------------------------------------------------
     # State
@@ -319,6 +334,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             self.adaptive_variables == "all" or not _is_bias(v) for v in var_list
         ]
         self.build_state(var_list)
+        self.step_policy.build(self, var_list)
         if self.eigen_correction is not None:
             self.eigen_correction.build(self, var_list)
         super().build(var_list)
@@ -380,13 +396,14 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
         return ascents.perturbation(grads, radius)
 
-    def ascend(self, grad_fn, params, final_grad_fn=None):
+    def ascend(self, grad_fn, params, final_grad_fn=None, gate=None):
         """Clean pass and k ascent steps of length ρ/k: an `Ascent`.
         `grad_fn(values) -> ((loss, aux), grads)`; the last pass, at θ + e,
-        is `final_grad_fn`'s if given (the whole batch under `ascent_fraction`)."""
+        is `final_grad_fn`'s if given (the whole batch under `ascent_fraction`);
+        `gate` may turn the climb off (`ascents.ascend`)."""
         return ascents.ascend(
             grad_fn, params, self.current_rho() / self.steps, self.steps, self.perturbation,
-            final_grad_fn,
+            final_grad_fn, gate,
         )
 
     def direction(self, ascent, params, passes, phase):
@@ -428,9 +445,6 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         extra = ("eigen_angle", "eigenvalue") if self.eigen_correction else ()
         return tuple(self.diagnostic_names) + extra
 
-    def _has_plain_steps(self):
-        return bool(self.start) or self.every > 1
-
     def _step_variants(self):
         """Every `StepVariant` this optimizer may choose."""
         refreshes = (0,)
@@ -440,12 +454,12 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             StepVariant(phase=phase, refresh_iterations=n)
             for n in refreshes for phase in self.method_phases()
         )
-        return variants + ((PLAIN,) if self._has_plain_steps() else ())
+        return variants + ((PLAIN,) if self.step_policy.has_plain_steps else ())
 
     def _select_variant(self, clock):
         """The `StepVariant` to run for the next step (a micro-batch under
         gradient accumulation), from `clock`, a `StepClock`: plain where
-        `start` / `every` leave the step out, else the method's phase and the
+        the policy (`when`, `start`, `every`) leaves the step out, else the method's phase and the
         correction's refresh, each deciding when it is due."""
         if not clock.sharpness_aware(clock.step):
             return PLAIN
@@ -522,10 +536,14 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             ascent = self.ascend(
                 passes.ascent_value_and_grad or passes.value_and_grad, params,
                 final_grad_fn=passes.value_and_grad,
+                gate=self._gate if phase == "default" else None,
             )
         else:
             ascent = ascents.clean_pass(passes.value_and_grad, params)
         direction = self.direction(ascent, params, passes, phase)
+        direction = dataclasses.replace(
+            direction, state_updates=direction.state_updates + ascent.state_updates
+        )
         if direction.state_updates and grouped:
             raise ValueError(
                 f"The {phase!r} step of {type(self).__name__} updates "
@@ -543,6 +561,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 ),
             )
         return ascent, dataclasses.replace(direction, diagnostics=diagnostics)
+
+    def _gate(self, clean_grads_norm):
+        return self.step_policy.gate(self, clean_grads_norm)
 
     def _eigen_corrected(self, directions, params, hvp, refresh_iterations):
         """The directions corrected along the (refreshed) eigenvector, the
@@ -574,6 +595,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 diagnostics={name: direction.diagnostics[name] for name in names},
                 state_updates=[],
                 extra_step=direction.extra_step,
+                climbed=ascent.climbed,
             )
         shares = [1.0 / len(groups) if g.share is None else g.share for g in groups]
 
@@ -616,6 +638,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             "perturbation_groups": self.perturbation_groups,
             "ascent_fraction": self.ascent_fraction,
             "diagnostics": self.diagnostics,
+            "when": None if self.when is None else keras.saving.serialize_keras_object(self.when),
         }
 
     @classmethod

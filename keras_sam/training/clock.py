@@ -2,12 +2,11 @@
 mirrored between steps to choose the compiled step variant of the next one
 (`keras_sam.optimizers.variants.StepVariant`)."""
 
-import math
-import numbers
-
+import numpy as np
 from keras import ops
 
 from keras_sam import keras_private
+from keras_sam.optimizers import when as policies
 
 
 class StepClock:
@@ -20,8 +19,8 @@ class StepClock:
     advance it; under `gradient_accumulation_steps=k` it advances once per k
     micro-batches, and those k are one step for `start`, `every`,
     `search_every` and the refresh's p: all plain or all sharpness-aware, the
-    periodic work on the first (docs/algorithms.md, "Periodic work and
-    schedules").
+    periodic work on the first (docs/algorithms.md, "When to be
+    sharpness-aware").
 
     The counters live in the optimizer's variables, saved with the model:
     `read` copies them when `fit` begins and before each `train_on_batch`;
@@ -36,8 +35,9 @@ class StepClock:
         skipped_steps: the optimizer's `skipped_steps`.
         refreshes: eigenvector refreshes done (`EigenCorrection.refreshes`),
             0 without a correction.
-        start, every: the optimizer's: the sharpness-aware steps are
-            `start_step`, `start_step + every`, ….
+        policy: the optimizer's `step_policy` (a `keras_sam.when` policy):
+            which steps are sharpness-aware.
+        optimizer: the `SharpnessAwareOptimizer` read last.
         epoch_start: `micro_steps` when the current epoch began (None: it
             begins with the next step).
         fit_batches: the micro-batches of the current `fit` (epochs ×
@@ -46,9 +46,11 @@ class StepClock:
 
     def __init__(self):
         self.micro_steps = self.skipped_steps = self.refreshes = self.epoch_start = 0
-        self.accumulation = self.every = 1
-        self.start = 0
+        self.accumulation = 1
+        self.policy = policies.When()
+        self.optimizer = None
         self.fit_batches = None
+        self._counts = {}  # step → sharpness-aware steps before it (recent ones)
 
     @property
     def step(self):
@@ -68,26 +70,20 @@ class StepClock:
         steps = self.fit_batches / self.accumulation
         return int(steps) if steps == int(steps) else steps
 
-    @property
-    def start_step(self):
-        """`start` as a step: a fraction is one of the steps of `fit`."""
-        if isinstance(self.start, numbers.Integral) or not self.start:
-            return int(self.start)
-        if self.total_steps is None:
-            raise ValueError(
-                f"`start={self.start}` is a fraction of training, but the number "
-                "of training steps is unknown (no `fit`, or data of unknown "
-                "length): give `start` as an integer step."
-            )
-        return int(math.ceil(self.start * self.total_steps))
-
     def sharpness_aware(self, step):
-        """Whether `step` is sharpness-aware (not plain) under `start` / `every`."""
-        start = self.start_step
-        return step >= start and (step - start) % self.every == 0
+        """Whether `step` is sharpness-aware (not plain) under the policy."""
+        return bool(self.policy.mask(np.array([step], dtype=np.int64), self)[0])
 
     def _sharpness_aware_before(self, step):
-        return max(0, -(-(step - self.start_step) // self.every))
+        # Counted from the nearest step counted before (each step is one more
+        # host decision, not a recount from 0).
+        base = max((s for s in self._counts if s <= step), default=0)
+        count = self._counts.get(base, 0) + self.policy.count_between(base, step, self)
+        self._counts.pop(step, None)
+        self._counts[step] = count  # most recently used last
+        while len(self._counts) > 8:
+            del self._counts[next(iter(self._counts))]
+        return count
 
     @property
     def sam_steps(self):
@@ -112,7 +108,8 @@ class StepClock:
         self.skipped_steps = _host_int(optimizer.skipped_steps) if built else 0
         correction = optimizer.eigen_correction
         self.refreshes = _host_int(correction.refreshes) if built and correction else 0
-        self.start, self.every = optimizer.start, optimizer.every
+        self.policy, self.optimizer = optimizer.step_policy, optimizer
+        self._counts = {}
 
     def start_epoch(self):
         """Marks the next step as the first of an epoch."""

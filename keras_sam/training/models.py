@@ -254,12 +254,16 @@ class SharpnessAwareMixin:
         (over committed sharpness-aware steps) and `skipped_steps`."""
         batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
         keras_private.loss_tracker(self).update_state(update.loss, sample_weight=batch_size)
-        weight = ops.cast(update.finite, "float32")
+        counted = (
+            update.finite if update.climbed is None
+            else ops.logical_and(update.finite, update.climbed)
+        )
+        weight = ops.cast(counted, "float32")
         for tracker in self._diagnostic_trackers():
             if tracker.name not in update.diagnostics:
-                continue  # a plain step of `start` / `every`
+                continue  # a plain step chosen on the host (`when`, `start`, `every`)
             value = ops.cast(update.diagnostics[tracker.name], "float32")
-            tracker.update_state(ops.where(update.finite, value, 0.0), sample_weight=weight)
+            tracker.update_state(ops.where(counted, value, 0.0), sample_weight=weight)
         logs = self.compute_metrics(x, y, y_pred, sample_weight)
         logs.update({tracker.name: tracker.result() for tracker in self._diagnostic_trackers()})
         # A copy: eager TF would hand the variable itself to the trainer,

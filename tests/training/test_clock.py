@@ -31,6 +31,13 @@ PERIODIC = {
     "every": lambda opt: keras_sam.SAM(opt, rho=0.3, every=4),
     "start_step": lambda opt: keras_sam.SAM(opt, rho=0.3, start=7),
     "start_fraction": lambda opt: keras_sam.SAM(opt, rho=0.3, start=0.4),
+    "random": lambda opt: keras_sam.SAM(opt, rho=0.3, when=keras_sam.when.Random(0.5, seed=2)),
+    "late_learning_rate": lambda opt: keras_sam.SAM(
+        keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.1, 9), momentum=0.9,
+                             gradient_accumulation_steps=opt.gradient_accumulation_steps),
+        rho=0.3, when=keras_sam.when.LateLearningRate(0.6)),
+    # In-step: its running moments are optimizer state.
+    "gate": lambda opt: keras_sam.SAM(opt, rho=0.3, when=keras_sam.when.GradientNormGate()),
 }
 
 
@@ -57,6 +64,8 @@ def counters(model):
         found["searches"] = optimizer.searches
     if optimizer.eigen_correction is not None:
         found["refreshes"] = optimizer.eigen_correction.refreshes
+    if hasattr(optimizer.step_policy, "climbs"):
+        found["gate_climbs"] = optimizer.step_policy.climbs
     return {name: int(keras.ops.convert_to_numpy(v)) for name, v in found.items()}
 
 
@@ -72,10 +81,10 @@ class StopAfter(keras.callbacks.Callback):
 
 RESUMED = (
     # fit, save, load, fit (initial_epoch=2): every option, under accumulation
-    [(option, "saved", 2) for option in sorted(PERIODIC)]
+    [(option, "saved", 2) for option in sorted(PERIODIC) if option != "gate"]
     # two fit calls on the same model
-    + [(option, "split", 2) for option in ("every", "start_step", "start_fraction")]
-    + [("search_every", "saved", None)]
+    + [(option, "split", 2) for option in ("every", "start_step", "start_fraction", "random")]
+    + [("search_every", "saved", None), ("gate", "saved", None)]
 )
 
 
@@ -100,6 +109,8 @@ def test_resumed_training_equals_one_fit(option, how, accumulation, tmp_path):
         assert counters(uninterrupted)["searches"] >= 2
     elif option == "refresh":
         assert counters(uninterrupted)["refreshes"] >= 2
+    elif option == "gate":
+        assert 2 <= counters(uninterrupted)["gate_climbs"] < counters(uninterrupted)["iterations"]
     else:
         assert 2 <= resumed.training_clock.sam_steps < counters(uninterrupted)["iterations"]
 
