@@ -58,6 +58,7 @@ rank. With Keras 3.15 (no torch data parallel of its own)::
 """
 
 import contextlib
+import weakref
 
 import keras
 import torch
@@ -330,13 +331,18 @@ def _device(tensor):
     return tensor.device if isinstance(tensor, torch.Tensor) else torch.device("cpu")
 
 
+# model → the process group its variables were last broadcast over (weak:
+# kept only while the model lives).
+_BROADCAST_GROUPS = weakref.WeakKeyDictionary()
+
+
 def _broadcast_once(model, group):
     """Rank 0's variables on every rank, before the first step on `group`.
 
     As `DistributedDataParallel` does when it wraps a module: ranks that
     built their model from different seeds start from the same weights.
     """
-    if model.__dict__.get("_sam_broadcast_group") is group:
+    if _BROADCAST_GROUPS.get(model) is group:
         return
     variables = list(model.variables)
     if model.optimizer is not None and model.optimizer.built:
@@ -352,7 +358,7 @@ def _broadcast_once(model, group):
         dist.broadcast(flat, src=source, group=group)
         for variable, part in zip(same_kind, flat.split([v.value.numel() for v in same_kind])):
             variable.assign(part.reshape(variable.value.shape))
-    model.__dict__["_sam_broadcast_group"] = group
+    _BROADCAST_GROUPS[model] = group
 
 
 def replicas_in_sync():

@@ -91,7 +91,6 @@ class When:
         return f"{type(self).__name__}({args})"
 
 
-
 @keras.saving.register_keras_serializable(package="keras_sam.when")
 class Periodic(When):
     """Steps `start`, `start + every`, …: the first sharpness-aware step is
@@ -203,7 +202,7 @@ class _HostSchedule:
         return np.maximum.accumulate(self.values)[np.asarray(steps, dtype=np.int64)]
 
 
-def _checked_schedule(name, value):
+def _deserialized_schedule(value):
     if isinstance(value, dict):  # from get_config
         value = keras.saving.deserialize_keras_object(value)
     return value
@@ -224,7 +223,7 @@ class Random(When):
     has_plain_steps = True
 
     def __init__(self, p=0.5, seed=0):
-        p = _checked_schedule("p", p)
+        p = _deserialized_schedule(p)
         if not callable(p):
             require(checks.is_number(p) and 0 <= p <= 1, "p", "a number in [0, 1] or a schedule", p)
             p = float(p)
@@ -304,7 +303,7 @@ class GradientNormGate(When):
     """
 
     def __init__(self, c=0.0, decay=0.9):
-        c = _checked_schedule("c", c)
+        c = _deserialized_schedule(c)
         if not callable(c):
             c = checks.finite_number("c", c)
         self.c = c

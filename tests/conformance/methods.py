@@ -179,12 +179,35 @@ def _sub_batch_sam(rho, fraction):
     return direction
 
 
+def _gated_sam(rho, c, decay):
+    """AE-SAM's gate (docs/algorithms.md, "When to be sharpness-aware"): SAM
+    where n = ‖g_0‖² ≥ μ + c σ of its running moments, else g_0."""
+
+    def direction(p, params, state, step):
+        _, g = p.loss_and_grad(params)
+        n = reference.norm(g) ** 2
+        if "mean" not in state:
+            state["mean"], state["variance"] = n, 0.0
+        else:
+            state["mean"] = decay * state["mean"] + (1 - decay) * n
+            state["variance"] = decay * state["variance"] + (1 - decay) * (n - state["mean"]) ** 2
+        if n >= state["mean"] + c * np.sqrt(state["variance"]):
+            return reference.sam_direction(p.loss_and_grad, params, rho), None
+        return g, None
+
+    return direction
+
+
 # The methods that trade passes for cost: each runs on every zoo model once
 # (test_methods_on_zoo.py), beside the square of METHODS.
 COST_METHODS = {
     "looksam": (lambda o: keras_sam.LookSAM(o, rho=0.1, k=2, alpha=0.7), _looksam(0.1, 2, 0.7)),
     "sam_sub_batch": (
         lambda o: keras_sam.SAM(o, rho=0.1, ascent_fraction=0.5), _sub_batch_sam(0.1, 0.5)
+    ),
+    "sam_gated": (
+        lambda o: keras_sam.SAM(o, rho=0.1, when=keras_sam.when.GradientNormGate(c=0.0)),
+        _gated_sam(0.1, 0.0, 0.9),
     ),
 }
 
@@ -194,10 +217,11 @@ def lookup(name):
     return METHODS[name] if name in METHODS else COST_METHODS[name]
 
 
-def reference_run(case, method):
+def reference_run(case, method, plain=None):
     """The model's weights (all of `model.weights`) after each of `zoo.STEPS`
-    reference steps of `method` (None: the inner optimizer alone)."""
-    plain = PlainKeras(case)
+    reference steps of `method` (None: the inner optimizer alone). `plain`:
+    the case's `PlainKeras`, if one was made already."""
+    plain = plain or PlainKeras(case)
     optimizer = inner_optimizer()
     direction_fn = None if method is None else lookup(method)[1]
     method_state, history = {}, []

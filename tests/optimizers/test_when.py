@@ -11,7 +11,7 @@ import pytest
 import keras_sam
 from keras_sam.optimizers import when as policies
 from tests import reference
-from tests.conftest import batches, jit_modes, weights_close
+from tests.conftest import BACKEND, batches, jit_modes, weights_close
 from tests.helpers import LOSS, NUM_CLASSES, assert_raises_naming, fit_dense, sgd, softmax_data
 
 RHO = 0.3
@@ -189,6 +189,7 @@ def test_gate_branches_are_the_method_and_the_inner_step(method):
     weights_close(run(when=gate(c=1e9)), run(every=1000), atol=1e-6)
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="Keras' torch trainer needs steps_per_execution=1")
 def test_gate_runs_several_steps_per_execution():
     # Decided inside the step: no host choice, so `steps_per_execution` works.
     x, labels, weights = softmax_data()
