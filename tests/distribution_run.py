@@ -77,9 +77,13 @@ METHODS = {
         keras.optimizers.SGD(0.1), perturbation_groups=groups),
     "WSAM decoupled": lambda groups: keras_sam.WSAM(
         keras.optimizers.SGD(0.1, momentum=0.9), perturbation_groups=groups),
+    "SAM gated": lambda groups: keras_sam.SAM(
+        keras.optimizers.SGD(0.1, momentum=0.9), rho=0.2, perturbation_groups=groups,
+        when=keras_sam.when.GradientNormGate()),
 }
-# The α search updates state from the step's own gradients: global only.
-GLOBAL_ONLY = {"XSAM search"}
+# The α search updates state from the step's own gradients, and AE-SAM's
+# gate keeps one running mean for the whole batch: global only.
+GLOBAL_ONLY = {"XSAM search", "SAM gated"}
 
 
 def train(method, groups, synchronized_bn, distributed):

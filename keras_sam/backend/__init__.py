@@ -27,6 +27,10 @@ module provides the same names:
 - `collective_fori_loop(lower, upper, body, init)`: `keras.ops.fori_loop`
   for a `body` that may all-reduce across replicas (unrolled where a replica
   may not do that inside a loop: `tf.distribute`).
+- `collective_cond(pred, true_fn, false_fn)`: `keras.ops.cond` for branches
+  that may synchronise across replicas (`pred` the same on every replica);
+  under `tf.distribute`, where a replica may not, both branches run and one
+  is kept (with a warning).
 - `compile_function(fn)`: `fn` compiled for repeated calls on tensors
   (`jax.jit`, `tf.function`; torch: `fn` itself, eager).
 - `fixed_randomness(seed)`: a context in which unseeded random draws that
@@ -57,6 +61,7 @@ _impl = importlib.import_module(f"keras_sam.backend.{_name}")
 COMPILED_STEP_UNSUPPORTED = _impl.COMPILED_STEP_UNSUPPORTED
 all_reduce_mean = _impl.all_reduce_mean
 apply_if = _impl.apply_if
+collective_cond = _impl.collective_cond
 collective_fori_loop = _impl.collective_fori_loop
 compile_function = _impl.compile_function
 check_train_setup = _impl.check_train_setup

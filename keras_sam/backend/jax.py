@@ -97,6 +97,11 @@ def collective_fori_loop(lower, upper, body, init):
     return ops.fori_loop(lower, upper, body, init)
 
 
+def collective_cond(pred, true_fn, false_fn):
+    # One program on global arrays: the branch taken is the same everywhere.
+    return ops.cond(pred, true_fn, false_fn)
+
+
 def compile_function(fn):
     return jax.jit(fn)
 

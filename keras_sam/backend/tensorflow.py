@@ -14,6 +14,7 @@ import warnings
 
 import tensorflow as tf
 from keras import ops
+from keras import tree
 
 from keras_sam import keras_private
 
@@ -202,6 +203,21 @@ def collective_fori_loop(lower, upper, body, init):
     for i in range(lower, upper):
         state = body(i, state)
     return state
+
+
+def collective_cond(pred, true_fn, false_fn):
+    if replicas_in_sync() == 1:
+        return ops.cond(pred, true_fn, false_fn)
+    # A replica may not synchronise (all-reduce, synchronized BatchNorm) inside
+    # a conditional under tf.distribute: both branches run, one is kept.
+    warnings.warn(
+        "keras_sam: under tf.distribute a conditional step (GradientNormGate) "
+        "runs both of its branches and keeps one: the result is the same, the "
+        "cost is that of every step climbing.",
+        stacklevel=2,
+    )
+    taken, other = true_fn(), false_fn()
+    return tree.map_structure(lambda a, b: ops.where(pred, a, b), taken, other)
 
 
 def compile_function(fn):

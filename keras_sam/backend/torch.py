@@ -413,6 +413,11 @@ def collective_fori_loop(lower, upper, body, init):
     return ops.fori_loop(lower, upper, body, init)
 
 
+def collective_cond(pred, true_fn, false_fn):
+    # Every rank takes the same branch (`pred` is computed from all-reduced values).
+    return ops.cond(pred, true_fn, false_fn)
+
+
 def compile_function(fn):
     # Eager: torch.compile on CPU was slower for these small functions.
     return fn

@@ -10,6 +10,7 @@ import dataclasses
 
 from keras import ops
 
+from keras_sam import backend
 from keras_sam import vectors
 from keras_sam.vectors import EPS
 
@@ -86,7 +87,7 @@ def ascend(grad_fn, params, radius, steps, perturb, final_grad_fn=None, gate=Non
             e, _ = perturb(params, clean_grads, radius)
             return clean_loss, clean_grads, e, [_float32(clean_loss)] * (2 * steps)
 
-        loss, grads, displacement, scalars = ops.cond(climbed, climb, stay)
+        loss, grads, displacement, scalars = backend.collective_cond(climbed, climb, stay)
     grads_norm = vectors.norm(grads)
     return Ascent(
         clean_loss=clean_loss,

@@ -242,9 +242,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             averaged over the sharpness-aware steps of each epoch.
         name: the optimizer's name.
 
-    Steps on which the sharpness-aware step does not run (`start`, `every`)
-    are compiled as a separate step function, chosen from Python before each
-    step: no recompilation, no passes of the other variant, no conditional.
+    Steps on which the sharpness-aware step does not run (chosen on the host
+    by `when`, `start`, `every`) are compiled as a separate step function,
+    chosen from Python before each step: no recompilation, no passes of the
+    other variant, no conditional. `keras_sam.when.GradientNormGate` decides
+    inside the step instead.
     """
 
     #: Names of the per-step diagnostics `_compute_update` returns.
