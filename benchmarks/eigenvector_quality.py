@@ -78,7 +78,7 @@ DATA_FILE = "cifar10_train_part1.npz"
 
 FULL = dict(train_size=2048, batch_size=128, epochs=8, probe_size=256, measure_every=5,
             noise_floor_every=4, periods="5,10,10:2", max_iterations=100)
-QUICK = dict(train_size=192, batch_size=32, epochs=2, probe_size=32, measure_every=3,
+QUICK = dict(train_size=192, batch_size=32, epochs=1, probe_size=32, measure_every=3,
              noise_floor_every=2, periods="5", max_iterations=20)
 
 
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     parser.add_argument("--backend", default="jax", choices=BACKENDS)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run (< 1 min on an idle machine): 192 images, batch 32, "
-                             "2 epochs, probe 32, p=5 only, v* in at most 20 iterations")
+                             "1 epoch, probe 32, p=5 only, v* in at most 20 iterations")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help=f"folder with {DATA_FILE} (default: ../shared/data "
                              "relative to the repository root)")

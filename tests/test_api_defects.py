@@ -94,15 +94,13 @@ def _run(backend, code):
     return proc.stdout
 
 
-def test_file_saved_on_torch_trains_on_other_backends_and_back(tmp_path):
-    # One subprocess per backend pass: torch → this backend (TF, JAX); torch → JAX.
+@pytest.mark.skipif(BACKEND != "torch", reason="saves on torch, then trains in a subprocess "
+                    "per other backend: in the torch session only")
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_file_saved_on_torch_trains_on_other_backends_and_back(backend, tmp_path):
     path = str(tmp_path / "model.keras")
-    if BACKEND == "torch":
-        exec(textwrap.dedent(SAVE.format(path=path)), {})
-        assert "trained" in _run("jax", LOAD_AND_FIT.format(path=path))
-    else:
-        _run("torch", SAVE.format(path=path))
-        exec(textwrap.dedent(LOAD_AND_FIT.format(path=path)), {})
+    exec(textwrap.dedent(SAVE.format(path=path)), {})
+    assert "trained" in _run(backend, LOAD_AND_FIT.format(path=path))
 
 
 # -- jit_compile=True on torch: the step runs eagerly, with one warning ---------------

@@ -3,7 +3,8 @@
 JAX: `keras.distribution.DataParallel` (XLA_FLAGS forces two host devices);
 TensorFlow: `MirroredStrategy` over two logical CPUs. Keras has no
 distribution for torch. The runs happen in `tests/distribution_run.py`, in a
-subprocess, because the device count is fixed when the backend starts.
+subprocess per backend, because the device count is fixed when the backend
+starts; so both run from one session (conftest.PROCESS_HOST).
 """
 
 import json
@@ -13,24 +14,24 @@ import sys
 
 import pytest
 
-from tests.conftest import BACKEND
+from tests.conftest import in_process_host_session
 
-pytestmark = pytest.mark.skipif(
-    BACKEND not in ("jax", "tensorflow"), reason="Keras has no distribution for torch"
-)
+pytestmark = in_process_host_session("runs JAX and TensorFlow in subprocesses")
+BACKENDS = ("jax", "tensorflow")
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distribution_run.py")
 METHODS = ("SAM", "SAM k=2 adaptive", "XSAM α=0.5", "XSAM search", "X-SAM", "GSAM",
-           "WSAM decoupled")
+           "WSAM decoupled", "SAM gated")
+GLOBAL_ONLY = ("XSAM search", "SAM gated")  # state from the whole batch's gradients
 CASES = [(m, "global") for m in METHODS] + [
-    (m, "per-replica") for m in METHODS if m != "XSAM search"
+    (m, "per-replica") for m in METHODS if m not in GLOBAL_ONLY
 ]
 
 
-@pytest.fixture(scope="module")
-def results():
-    env = dict(os.environ, KERAS_BACKEND=BACKEND)
-    if BACKEND == "jax":
+@pytest.fixture(scope="module", params=BACKENDS)
+def results(request):
+    env = dict(os.environ, KERAS_BACKEND=request.param)
+    if request.param == "jax":
         env["XLA_FLAGS"] = (
             env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
         ).strip()

@@ -16,7 +16,8 @@ its own state in Keras variables (so it works inside JAX's stateless step and
 survives `model.save`).
 
 A method author overrides `direction` (and, as needed, `build_state`,
-`method_phases`, `method_phase`, `phase_ascends`, `diagnostic_names`). The
+`method_phases`, `method_phase`, `phase_ascends`, `diagnostic_names`,
+`gated_ascent_supported`). The
 protocol between the training step and the optimizer is private, and this is
 all of it: the model compiles one step function per `_step_variants()`,
 chooses one before each step with `_select_variant(clock)` (a
@@ -310,7 +311,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     #: Whether an in-step gate (`keras_sam.when.GradientNormGate`) may turn
     #: the default phase's ascent off (False where a plain step would not be
     #: the inner optimizer's own, as LookSAM's reuse).
-    _gated_ascent_supported = True
+    gated_ascent_supported = True
 
     # ------------------------------------------------------------------
     # State

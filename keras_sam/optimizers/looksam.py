@@ -75,7 +75,7 @@ class LookSAM(SharpnessAwareOptimizer):
           optimizer's `gradient_accumulation_steps`.
     """
 
-    _gated_ascent_supported = False  # a gated-off look step would reset g_v
+    gated_ascent_supported = False  # a gated-off look step would reset g_v
 
     def __init__(self, optimizer=None, rho=0.05, k=5, alpha=0.7, **kwargs):
         super().__init__(optimizer, rho=rho, **kwargs)

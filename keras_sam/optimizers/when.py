@@ -315,7 +315,7 @@ class GradientNormGate(When):
             ("ascent_fraction < 1", optimizer.ascent_fraction < 1),
             ("perturbation_groups != 1", optimizer.perturbation_groups != 1),
             ("an eigen_correction", optimizer.eigen_correction is not None),
-            (type(optimizer).__name__, not optimizer._gated_ascent_supported),
+            (type(optimizer).__name__, not optimizer.gated_ascent_supported),
             ("the inner optimizer's gradient_accumulation_steps",
              bool(optimizer.inner_optimizer.gradient_accumulation_steps)),
         ]

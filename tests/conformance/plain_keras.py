@@ -40,12 +40,12 @@ class PlainKeras:
     `model.non_trainable_variables` order, and return NumPy arrays.
     """
 
-    def __init__(self, case):
+    def __init__(self, case, compiled=False):
         self.model, self.loss_fn = case.model, case.loss_fn
         self.trainable = self.model.trainable_variables
         self.non_trainable = self.model.non_trainable_variables
         if BACKEND == "jax":
-            self._jax_functions()
+            self._jax_functions(compiled)
 
     def current(self):
         return _numpy(v.value for v in self.trainable), _numpy(v.value for v in self.non_trainable)
@@ -86,7 +86,11 @@ class PlainKeras:
     def _cast(self, values):
         return [np.asarray(v, variable.dtype) for v, variable in zip(values, self.trainable)]
 
-    def _jax_functions(self):
+    def _jax_functions(self, compiled):
+        """The loss's value_and_grad and HVP: op by op (cheaper than compiling
+        for a few steps), or `compiled` with `jax.jit`, for a case whose
+        passes are taken many times (test_methods_on_zoo.py keeps one per
+        model for all its methods' references)."""
         import jax
 
         model, loss_fn = self.model, self.loss_fn
@@ -115,9 +119,9 @@ class PlainKeras:
 
             return jax.grad(grad_dot_vectors)(params)
 
-        # Not jitted: op by op is cheaper than compiling for a few steps.
-        self._jax_value_and_grad = jax.value_and_grad(loss, has_aux=True)
-        self._jax_hvp = hvp
+        compile_ = jax.jit if compiled else (lambda function: function)
+        self._jax_value_and_grad = compile_(jax.value_and_grad(loss, has_aux=True))
+        self._jax_hvp = compile_(hvp)
 
 
 # -- TensorFlow -------------------------------------------------------------------
