@@ -16,7 +16,7 @@ Two suites (`--suite core|periodic|all`, default all), one table each:
 - `inner`: the inner optimizer alone (SGD, momentum 0.9), through `SAMModel`
   compiled with the plain optimizer — Keras' own train step;
 - `SAM`, `ASAM`, `SAM k=2`, `SAM f=0.25` (the ascent on a quarter of the
-  batch, `ascent_fraction`) (and, opt-in, `XSAM`, `XSAM α=1`): the
+  batch, `ascent_fraction`) (and, opt-in, `GSAM`, `WSAM`, `XSAM`, `XSAM α=1`): the
   sharpness-aware variants in `VARIANTS`.
 
 Timing: every variant gets a model with identical initial weights, is compiled,
@@ -158,6 +158,8 @@ VARIANTS = {
     "SAM": _method("SAM", rho=0.05),
     "ASAM": _method("ASAM", rho=0.5),
     "SAM k=2": _method("SAM", rho=0.05, steps=2),
+    "GSAM": _method("GSAM", rho=0.05, alpha=0.4),
+    "WSAM": _method("WSAM", rho=0.05, gamma=0.9),
     # The ascent on the first quarter of the batch: about 1.25 passes.
     "SAM f=0.25": _method("SAM", rho=0.05, ascent_fraction=0.25),
     # Opt-in in the core suite (--variants): timed by medians, i.e. XSAM's

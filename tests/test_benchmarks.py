@@ -1,4 +1,4 @@
-"""The --quick modes of benchmarks/generalization.py and benchmarks/sharpness.py, end to end.
+"""The --quick modes of the benchmark modules (generalization, sharpness, study, frontier), end to end.
 
 Each runs in a subprocess with KERAS_BACKEND=jax (the benchmarks start their
 own processes), so these tests run once in the three-backend suite, in the
@@ -126,3 +126,24 @@ def test_study_quick(tmp_path):
     assert int(mechanism[2]) == 2 * 3  # 2 epochs × 3 probed later batches
     again = run_benchmark("study", *args)
     assert len(results.read_text().splitlines()) == 1 and table_rows(again, "0.1") == [row]
+
+
+def test_frontier_quick(tmp_path):
+    """benchmarks/frontier.py: regime (a) for SGD, SAM and AE-SAM (a few seconds on 500
+    MNIST images), the report with gains against SGD and cost ratios, and resuming."""
+    if not (DATA_DIR / "mnist.npz").is_file():
+        pytest.skip(f"mnist.npz not in {DATA_DIR}")
+    args = ("a-cheap", "--methods", "sgd,sam,ae-sam", "--out-dir", str(tmp_path))
+    run_benchmark("frontier", *args, timeout=300)
+    report = (tmp_path / "report.md").read_text()
+    rows = {name: table_rows(report, name)[0] for name in ("SGD", "SAM", "AE-SAM")}
+    for row in rows.values():
+        assert 0.0 < float(row[2]) <= 100.0, row  # test accuracy, %
+    sgd, sam = float(rows["SGD"][2]), float(rows["SAM"][2])
+    assert abs(float(rows["SAM"][4]) - (sam - sgd)) <= 0.011, rows["SAM"]  # gain, pp
+    assert rows["SGD"][8].startswith("1.00×"), rows["SGD"]  # the cost baseline
+    assert (tmp_path / "frontier.png").is_file()
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    run_benchmark("frontier", *args)  # finished runs are read back, not rerun
+    assert (tmp_path / "a.jsonl").read_text().splitlines() == lines

@@ -293,9 +293,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.rho = rho
         self.start = start if isinstance(start, numbers.Integral) else float(start)
         self.every = int(every)
-        # The user's policy (serialized as given) and the one the steps follow.
-        self.when = None if when is None else policies.resolve(when, 0, 1)
+        # The user's policy (its state, e.g. the gate's `climbs`, is this
+        # optimizer's) and the one the steps follow, with `start` / `every`.
         self.step_policy = step_policy
+        self.when = None if when is None else policies.user_part(step_policy, start, every)
         self.eigen_correction = eigen_correction
         self.steps = steps
         self.adaptive = bool(adaptive)

@@ -408,6 +408,13 @@ def _deserialized(policy):
     return policy
 
 
+def user_part(step_policy, start, every):
+    """The `when` part of what `resolve(when, start, every)` returned."""
+    if not Periodic(every=every, start=start).has_plain_steps:
+        return step_policy
+    return step_policy.policies[1] if isinstance(step_policy, All) else When()
+
+
 def resolve(when, start, every):
     """The policy an optimizer follows: `when` (default: every step) with
     the `start` / `every` shorthands (a `Periodic`)."""
