@@ -157,6 +157,7 @@ class _HostSchedule:
     def __init__(self, schedule):
         self.schedule = schedule
         self.values = np.zeros(0)
+        self.peaks = np.zeros(0)  # running maximum of `values`
         self._vectorised = None  # how the schedule takes arrays, once found
         self._scalar = None
 
@@ -194,12 +195,15 @@ class _HostSchedule:
                     self._vectorised = False
             if values is None:
                 values = self._evaluate_each(np.arange(low, needed, dtype=np.int64))
+            peak = self.peaks[-1] if len(self.peaks) else -np.inf
             self.values = np.concatenate([self.values, values])
+            self.peaks = np.concatenate([self.peaks, np.maximum.accumulate(
+                np.maximum(values, peak))])
         return self.values[steps]
 
     def peak_until(self, steps):
         self.at(steps)
-        return np.maximum.accumulate(self.values)[np.asarray(steps, dtype=np.int64)]
+        return self.peaks[np.asarray(steps, dtype=np.int64)]
 
 
 def _deserialized_schedule(value):

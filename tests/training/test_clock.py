@@ -120,6 +120,7 @@ GROUPED = {
     "every": dict(every=2),
     "start_step": dict(start=3),
     "start_fraction": dict(start=0.4),
+    "random": dict(when=keras_sam.when.Random(0.5, seed=2)),
     # The refresh's examples lie in the first micro-batch (first group).
     "refresh": dict(eigen_correction=keras_sam.EigenCorrection(
         alpha=0.5, every=2, power_iterations=2, refresh_batch_size=4)),
