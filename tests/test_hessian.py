@@ -1,5 +1,6 @@
 """keras_sam.hessian: eigenvalue, trace and angle against dense Hessians."""
 
+import gc
 import math
 
 import keras
@@ -247,6 +248,10 @@ def test_training_and_inference_modes_differ_and_leave_the_state():
 
 # -- compiled once ---------------------------------------------------------------------
 def test_products_are_traced_once():
+    # JAX's jit cache is a global LRU shared with every jitted function still
+    # awaiting garbage collection (the suite collects every few tests): free
+    # them first, so that an eviction is not counted as a second trace.
+    gc.collect()
     model, x, y = ref.keras_mlp()
     for seed in range(3):  # three snapshots, many products
         curvature = hessian.Curvature(model, x, y)
