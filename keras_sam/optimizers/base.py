@@ -274,6 +274,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         _check_inner_optimizer(optimizer, type(self).__name__)
         _check_no_extra_arguments(type(self).__name__, kwargs)
         rho = _checked_rho(rho)
+        when = policies.own_copy(when)
         step_policy = policies.resolve(when, start, every)
         eigen_correction = _checked_eigen_correction(eigen_correction)
         steps = checks.integer("steps", steps)
@@ -296,7 +297,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         # The user's policy (its state, e.g. the gate's `climbs`, is this
         # optimizer's) and the one the steps follow, with `start` / `every`.
         self.step_policy = step_policy
-        self.when = None if when is None else policies.user_part(step_policy, start, every)
+        self.when = when
         self.eigen_correction = eigen_correction
         self.steps = steps
         self.adaptive = bool(adaptive)

@@ -206,9 +206,10 @@ class _HostSchedule:
         return self.peaks[np.asarray(steps, dtype=np.int64)]
 
 
-def _deserialized_schedule(value):
-    if isinstance(value, dict):  # from get_config
-        value = keras.saving.deserialize_keras_object(value)
+def _deserialized(value):
+    """A schedule or policy as given, or rebuilt from its `get_config` dict."""
+    if isinstance(value, dict):
+        return keras.saving.deserialize_keras_object(value)
     return value
 
 
@@ -227,7 +228,7 @@ class Random(When):
     has_plain_steps = True
 
     def __init__(self, p=0.5, seed=0):
-        p = _deserialized_schedule(p)
+        p = _deserialized(p)
         if not callable(p):
             require(checks.is_number(p) and 0 <= p <= 1, "p", "a number in [0, 1] or a schedule", p)
             p = float(p)
@@ -307,7 +308,7 @@ class GradientNormGate(When):
     """
 
     def __init__(self, c=0.0, decay=0.9):
-        c = _deserialized_schedule(c)
+        c = _deserialized(c)
         if not callable(c):
             c = checks.finite_number("c", c)
         self.c = c
@@ -406,28 +407,22 @@ class All(When):
         return {"policies": [keras.saving.serialize_keras_object(p) for p in self.policies]}
 
 
-def _deserialized(policy):
-    if isinstance(policy, dict):
-        return keras.saving.deserialize_keras_object(policy)
-    return policy
-
-
-def user_part(step_policy, start, every):
-    """The `when` part of what `resolve(when, start, every)` returned."""
-    if not Periodic(every=every, start=start).has_plain_steps:
-        return step_policy
-    return step_policy.policies[1] if isinstance(step_policy, All) else When()
+def own_copy(when):
+    """The optimizer's own copy of the user's `when` (None: every step); a
+    gate keeps this optimizer's state variables in it."""
+    if when is None:
+        return None
+    when = _deserialized(when)
+    require(isinstance(when, When), "when", "a keras_sam.when policy or None", when)
+    return when.clone()
 
 
 def resolve(when, start, every):
-    """The policy an optimizer follows: `when` (default: every step) with
-    the `start` / `every` shorthands (a `Periodic`)."""
-    when = When() if when is None else _deserialized(when)
-    require(isinstance(when, When), "when", "a keras_sam.when policy or None", when)
-    when = when.clone()  # a gate keeps this optimizer's state variables
+    """The policy an optimizer follows: its copy of `when` (None: every
+    step) with the `start` / `every` shorthands (a `Periodic`)."""
     periodic = Periodic(every=every, start=start)
     if not periodic.has_plain_steps:
-        return when
-    if type(when) is When:
+        return When() if when is None else when
+    if when is None or type(when) is When:
         return periodic
     return All([periodic, when])
